@@ -1,0 +1,49 @@
+-- Small pure helpers used by ingest and processing. Idempotent: re-applied after every migrate.
+
+-- A JSON array, or an empty one when the value is missing or not an array: fan-out never fails on
+-- an unexpected shape, it just finds nothing there.
+create or replace function wahook.jsonb_array(p_value jsonb) returns jsonb
+language sql immutable parallel safe
+as $$
+  select case when pg_catalog.jsonb_typeof(p_value) = 'array' then p_value else '[]'::jsonb end
+$$;
+
+-- Meta sends Unix seconds as strings ("1767225600"); anything else becomes null rather than an error.
+create or replace function wahook.epoch_to_timestamptz(p_value text) returns timestamptz
+language sql immutable parallel safe
+as $$
+  select case when p_value ~ '^[0-9]{1,12}$' then pg_catalog.to_timestamp(p_value::double precision) end
+$$;
+
+create or replace function wahook.sha256_hex(p_value text) returns text
+language sql immutable parallel safe
+as $$
+  select pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(p_value, 'UTF8')), 'hex')
+$$;
+
+-- Parse a raw body. Invalid UTF-8 or invalid JSON gives (null, the error) instead of raising, so one bad
+-- body never fails the transaction that stores it (and the others committed with it).
+create or replace function wahook.parse_json(p_body bytea, out doc jsonb, out error text)
+language plpgsql immutable parallel safe
+as $$
+begin
+  doc := pg_catalog.convert_from(p_body, 'UTF8')::jsonb;
+exception when others then
+  doc := null;
+  error := sqlstate || ': ' || sqlerrm;
+end;
+$$;
+
+-- Run-time settings (wahook.settings), with the built-in default when a key is absent.
+create or replace function wahook.setting(p_key text, p_default jsonb) returns jsonb
+language sql stable parallel safe
+as $$
+  select coalesce((select s.value from wahook.settings as s where s.key = p_key), p_default)
+$$;
+
+insert into wahook.settings (key, value, description) values
+  ('process_wa_event.max_attempts', '10',
+   'Attempts graphile-worker makes for one event before giving up (exponential backoff between them).'),
+  ('dedupe.retention', '"8 days"',
+   'How long dedupe keys are kept. Meta retries for up to 7 days; keep at least that.')
+on conflict (key) do nothing;

@@ -1,0 +1,127 @@
+-- Processing: the state transitions of one event, and the built-in effects of messages and statuses.
+-- The worker claims an event (visible as 'processing'), then in one transaction applies the built-in effect,
+-- runs the user's handler and marks it done; on failure it records the error and the event shows 'retrying'.
+
+create or replace function wahook.claim_event(p_id bigint, p_at timestamptz)
+returns setof wahook.wa_events
+language sql volatile
+as $$
+  update wahook.wa_events
+     set state = 'processing', attempts = attempts + 1, updated_at = pg_catalog.now()
+   where id = p_id and received_at = p_at and state not in ('done', 'discarded')
+  returning *
+$$;
+
+create or replace function wahook.complete_event(p_id bigint, p_at timestamptz)
+returns boolean
+language sql volatile
+as $$
+  with done as (
+    update wahook.wa_events
+       set state = 'done', processed_at = pg_catalog.now(), updated_at = pg_catalog.now(), last_error = null
+     where id = p_id and received_at = p_at
+    returning 1
+  )
+  select exists (select from done)
+$$;
+
+create or replace function wahook.fail_event(p_id bigint, p_at timestamptz, p_error text)
+returns boolean
+language sql volatile
+as $$
+  with failed as (
+    update wahook.wa_events
+       set state = 'retrying', last_error = left(p_error, 4000), updated_at = pg_catalog.now()
+     where id = p_id and received_at = p_at and state not in ('done', 'discarded')
+    returning 1
+  )
+  select exists (select from failed)
+$$;
+
+-- Delivery states of an outbound message only move forward: sent < delivered < read. 'failed' is terminal and
+-- replaces any state short of 'read' (a read message was delivered, whatever arrives late). Unknown statuses
+-- never replace a known one.
+create or replace function wahook.status_rank(p_status text) returns integer
+language sql immutable parallel safe
+as $$
+  select case p_status
+    when 'accepted' then 0 when 'queued' then 0
+    when 'sent' then 1 when 'delivered' then 2 when 'read' then 3
+    else -1
+  end
+$$;
+
+create or replace function wahook.status_supersedes(p_current text, p_new text) returns boolean
+language sql immutable parallel safe
+as $$
+  select case
+    when p_current is null then true
+    when p_current = 'failed' then false
+    when p_new = 'failed' then p_current is distinct from 'read'
+    else wahook.status_rank(p_new) > wahook.status_rank(p_current)
+  end
+$$;
+
+-- Apply one status notification to its message, creating the row when wahook has not seen the message
+-- (sent by another system, or the status overtook the send). Returns the message's state afterwards.
+create or replace function wahook.apply_status(
+  p_wamid text, p_status text, p_at timestamptz, p_phone_number_id text, p_wa_id text, p_errors jsonb,
+  p_event_id bigint default null
+) returns text
+language sql volatile
+as $$
+  insert into wahook.whatsapp_messages as m
+    (direction, wamid, phone_number_id, wa_id, status, status_at,
+     sent_at, delivered_at, read_at, failed_at, errors, event_id)
+  values
+    ('outbound', p_wamid, p_phone_number_id, p_wa_id, p_status, p_at,
+     case when p_status = 'sent' then p_at end,
+     case when p_status = 'delivered' then p_at end,
+     case when p_status = 'read' then p_at end,
+     case when p_status = 'failed' then p_at end,
+     p_errors, p_event_id)
+  on conflict (wamid) do update set
+    status = case when wahook.status_supersedes(m.status, excluded.status) then excluded.status else m.status end,
+    status_at = case when wahook.status_supersedes(m.status, excluded.status) then excluded.status_at else m.status_at end,
+    sent_at = coalesce(m.sent_at, excluded.sent_at),
+    delivered_at = coalesce(m.delivered_at, excluded.delivered_at),
+    read_at = coalesce(m.read_at, excluded.read_at),
+    failed_at = coalesce(m.failed_at, excluded.failed_at),
+    errors = coalesce(excluded.errors, m.errors),
+    phone_number_id = coalesce(m.phone_number_id, excluded.phone_number_id),
+    wa_id = coalesce(m.wa_id, excluded.wa_id),
+    updated_at = pg_catalog.now()
+  returning m.status
+$$;
+
+-- The built-in effect of an event, run in the processing transaction before the user's handler:
+-- an inbound message is recorded in whatsapp_messages; a status moves its message's delivery state.
+create or replace function wahook.apply_event(p_id bigint, p_at timestamptz)
+returns text
+language plpgsql volatile
+as $$
+declare
+  v_event wahook.wa_events;
+  v_result text;
+begin
+  select * into v_event from wahook.wa_events where id = p_id and received_at = p_at;
+  if not found then
+    raise exception using errcode = 'WH002', message = pg_catalog.format('wahook.apply_event: no event %s at %s', p_id, p_at);
+  end if;
+
+  if v_event.kind = 'message' and v_event.wamid is not null then
+    insert into wahook.whatsapp_messages
+      (direction, wamid, phone_number_id, wa_id, type, content, status, status_at, meta_ts, event_id)
+    values
+      ('inbound', v_event.wamid, v_event.phone_number_id, v_event.wa_id, v_event.payload ->> 'type',
+       v_event.payload, 'received', v_event.meta_ts, v_event.meta_ts, v_event.id)
+    on conflict (wamid) do nothing;
+    v_result := 'received';
+  elsif v_event.kind = 'status' and v_event.wamid is not null then
+    v_result := wahook.apply_status(
+      v_event.wamid, v_event.payload ->> 'status', v_event.meta_ts, v_event.phone_number_id, v_event.wa_id,
+      v_event.payload -> 'errors', v_event.id);
+  end if;
+  return v_result;
+end;
+$$;

@@ -1,0 +1,205 @@
+// The `wahook` command: start | migrate | receiver | worker | help.
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { ConfigError, loadConfig, type Config } from '../config.ts';
+import { startEmbedded } from '../db/embedded.ts';
+import { ALL_STEPS, migrate, type MigrateStep } from '../db/migrate.ts';
+import { makeLogger, type Logger } from '../log.ts';
+import { makeMetrics } from '../metrics/registry.ts';
+import { startReceiver } from '../receiver/server.ts';
+import { sign } from '../receiver/signature.ts';
+import { startWorker } from '../worker/runner.ts';
+
+const USAGE = `usage: wahook <command>
+
+  start      development all-in-one: database (embedded unless DATABASE_URL is set), migrations,
+             receiver and worker in one process; prints the webhook URL and a signed sample request
+  migrate    bring the database up to date (graphile-worker schema, migrations, sql/, partitions)
+             [--step worker-schema|migrations|sql|partitions] [--database-url URL]
+  receiver   run the webhook receiver (needs WHATSAPP_APP_SECRET and WHATSAPP_VERIFY_TOKEN)
+  worker     run the worker (graphile-worker: process_wa_event, maintenance crontab)
+
+Configuration comes from the environment; see .env.example.`;
+
+interface Db {
+  url: string;
+  stop(): Promise<void>;
+}
+
+async function database(config: Config, log: Logger): Promise<Db> {
+  if (config.databaseUrl) return { url: config.databaseUrl, stop: async () => {} };
+  const embedded = await startEmbedded(config.dataDir, log.child('postgres'));
+  log.info('using embedded PostgreSQL (set DATABASE_URL to use your own)', { port: embedded.port });
+  return embedded;
+}
+
+function onShutdown(log: Logger, stop: () => Promise<void>): void {
+  let stopping = false;
+  const handler = (signal: NodeJS.Signals) => {
+    if (stopping) {
+      log.warn('second signal: exiting now', { signal });
+      process.exit(1);
+    }
+    stopping = true;
+    log.info('shutting down', { signal });
+    stop().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        log.error('shutdown failed', { error: err as Error });
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGINT', handler);
+  process.on('SIGTERM', handler);
+}
+
+function flag(args: string[], name: string): string | undefined {
+  const i = args.indexOf(name);
+  if (i === -1) return undefined;
+  const v = args[i + 1];
+  if (v === undefined || v.startsWith('--')) throw new UsageError(`${name} needs a value`);
+  return v;
+}
+
+class UsageError extends Error {}
+
+/** Development secrets for `wahook start` when none are configured, kept under the data directory. */
+function devSecrets(dataDir: string): { appSecret: string; verifyToken: string } {
+  const file = path.join(dataDir, 'dev-secrets.json');
+  if (existsSync(file)) return JSON.parse(readFileSync(file, 'utf8')) as { appSecret: string; verifyToken: string };
+  mkdirSync(dataDir, { recursive: true });
+  const s = { appSecret: randomBytes(24).toString('hex'), verifyToken: randomBytes(9).toString('base64url') };
+  writeFileSync(file, JSON.stringify(s), { mode: 0o600 });
+  return s;
+}
+
+function sampleCommand(webhookUrl: string, secret: string): string {
+  const now = Math.floor(Date.now() / 1000);
+  const body = JSON.stringify({
+    object: 'whatsapp_business_account',
+    entry: [{
+      id: '200000000000002',
+      changes: [{
+        field: 'messages',
+        value: {
+          messaging_product: 'whatsapp',
+          metadata: { display_phone_number: '15550001111', phone_number_id: '100000000000001' },
+          contacts: [{ profile: { name: 'Ana' }, wa_id: '447700900123' }],
+          messages: [{ from: '447700900123', id: `wamid.SAMPLE${now}`, timestamp: String(now), type: 'text', text: { body: 'Hello from wahook' } }],
+        },
+      }],
+    }],
+  });
+  return `curl -sS -X POST '${webhookUrl}' -H 'Content-Type: application/json' -H 'X-Hub-Signature-256: ${sign(body, secret)}' --data-binary '${body}'`;
+}
+
+async function cmdStart(log: Logger): Promise<void> {
+  const env = { ...process.env };
+  const base = loadConfig(env, { receiver: false });
+  if (!env.WHATSAPP_APP_SECRET || !env.WHATSAPP_VERIFY_TOKEN) {
+    const dev = devSecrets(base.dataDir);
+    env.WHATSAPP_APP_SECRET ||= dev.appSecret;
+    env.WHATSAPP_VERIFY_TOKEN ||= dev.verifyToken;
+    log.warn('WHATSAPP_APP_SECRET / WHATSAPP_VERIFY_TOKEN not set: using development values from the data directory');
+  }
+  const config = loadConfig(env, { receiver: true });
+  const db = await database(config, log);
+  try {
+    await migrate(db.url, log.child('migrate'));
+    const metrics = makeMetrics();
+    const worker = await startWorker({ ...config, databaseUrl: db.url }, log.child('worker'), { metrics });
+    const receiver = await startReceiver({ ...config, databaseUrl: db.url }, log.child('receiver'), { metrics });
+    onShutdown(log, async () => {
+      await receiver.close();
+      await worker.stop();
+      await db.stop();
+    });
+    const secret = config.appSecrets[0]!;
+    process.stdout.write(`
+wahook is running.
+
+  Webhook URL:   ${receiver.webhookUrl}
+  Verify token:  ${config.verifyToken}
+  Health:        ${receiver.url}/healthz   ${receiver.url}/readyz   ${receiver.url}/metrics
+
+Send a signed sample webhook (the worker logs "inbound message" when it has processed it):
+
+  ${sampleCommand(receiver.webhookUrl, secret)}
+
+Press Ctrl-C to stop.
+`);
+  } catch (err) {
+    await db.stop();
+    throw err;
+  }
+}
+
+async function cmdMigrate(args: string[], log: Logger): Promise<void> {
+  const step = flag(args, '--step');
+  if (step !== undefined && !(ALL_STEPS as string[]).includes(step)) {
+    throw new UsageError(`--step must be one of ${ALL_STEPS.join(', ')}`);
+  }
+  const url = flag(args, '--database-url');
+  const config = loadConfig(url ? { ...process.env, DATABASE_URL: url } : process.env, { receiver: false });
+  const db = await database(config, log);
+  try {
+    await migrate(db.url, log, step ? [step as MigrateStep] : ALL_STEPS);
+  } finally {
+    await db.stop();
+  }
+}
+
+async function cmdReceiver(log: Logger): Promise<void> {
+  const config = loadConfig(process.env, { receiver: true });
+  const db = await database(config, log);
+  const receiver = await startReceiver({ ...config, databaseUrl: db.url }, log.child('receiver'));
+  onShutdown(log, async () => {
+    await receiver.close();
+    await db.stop();
+  });
+}
+
+async function cmdWorker(log: Logger): Promise<void> {
+  const config = loadConfig(process.env, { receiver: false });
+  const db = await database(config, log);
+  const worker = await startWorker({ ...config, databaseUrl: db.url }, log.child('worker'), { metrics: makeMetrics() });
+  onShutdown(log, async () => {
+    await worker.stop();
+    await db.stop();
+  });
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const [command, ...args] = argv;
+  const log = makeLogger();
+  try {
+    switch (command) {
+      case 'start':
+        return await cmdStart(log);
+      case 'migrate':
+        return await cmdMigrate(args, log);
+      case 'receiver':
+        return await cmdReceiver(log);
+      case 'worker':
+        return await cmdWorker(log);
+      case undefined:
+      case 'help':
+      case '--help':
+      case '-h':
+        process.stdout.write(USAGE + '\n');
+        return;
+      default:
+        throw new UsageError(`unknown command "${command}"`);
+    }
+  } catch (err) {
+    if (err instanceof ConfigError || err instanceof UsageError) {
+      process.stderr.write(`wahook: ${err.message}\n`);
+      if (err instanceof UsageError) process.stderr.write(USAGE + '\n');
+      process.exit(2);
+    }
+    log.error(`${command} failed`, { error: err as Error });
+    process.exit(1);
+  }
+}

@@ -1,0 +1,40 @@
+// One prom-client Registry per process. Labels are bounded: never a phone number or message id.
+import client from 'prom-client';
+
+export function makeMetrics() {
+  const registry = new client.Registry();
+  client.collectDefaultMetrics({ register: registry, prefix: 'wahook_process_' });
+  const webhookRequests = new client.Counter({
+    name: 'wahook_webhook_requests_total',
+    help: 'Webhook HTTP requests by method and outcome',
+    labelNames: ['method', 'outcome'] as const,
+    registers: [registry],
+  });
+  const notifications = new client.Counter({
+    name: 'wahook_webhook_notifications_total',
+    help: 'Notifications found in accepted webhooks: stored (new) or duplicate (already stored)',
+    labelNames: ['result'] as const,
+    registers: [registry],
+  });
+  const ingestBatchSize = new client.Histogram({
+    name: 'wahook_ingest_batch_size',
+    help: 'POST bodies committed together in one ingest transaction (group commit)',
+    buckets: [1, 2, 4, 8, 16, 32, 64],
+    registers: [registry],
+  });
+  const ingestSeconds = new client.Histogram({
+    name: 'wahook_ingest_duration_seconds',
+    help: 'Time of one ingest transaction, from the call to the commit',
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [registry],
+  });
+  const eventsProcessed = new client.Counter({
+    name: 'wahook_events_processed_total',
+    help: 'Events processed by the worker, by kind and outcome (done, failed, skipped)',
+    labelNames: ['kind', 'outcome'] as const,
+    registers: [registry],
+  });
+  return { registry, webhookRequests, notifications, ingestBatchSize, ingestSeconds, eventsProcessed };
+}
+
+export type Metrics = ReturnType<typeof makeMetrics>;

@@ -1,0 +1,54 @@
+// Runs graphile-worker with the tasks in tasks/ and the maintenance crontab.
+import { run, type Runner, type TaskList } from 'graphile-worker';
+import { makeProcessWaEvent } from '../../tasks/process_wa_event.ts';
+import { makeWahookMaintenance } from '../../tasks/wahook_maintenance.ts';
+import { makePool } from '../db/pool.ts';
+import type { Logger } from '../log.ts';
+import type { Metrics } from '../metrics/registry.ts';
+import { loadHandlers } from './handlers.ts';
+import type { Handlers } from './types.ts';
+
+export const CRONTAB = [
+  // daily at 03:17 UTC; backfill one day if the worker was down at that time
+  '17 3 * * * wahook_maintenance ?fill=1d',
+].join('\n');
+
+export interface RunningWorker {
+  runner: Runner;
+  stop(): Promise<void>;
+}
+
+export async function startWorker(
+  config: { databaseUrl: string; handlersPath: string | undefined; workerConcurrency: number },
+  log: Logger,
+  options: { metrics?: Metrics; pollInterval?: number; handlers?: Handlers } = {},
+): Promise<RunningWorker> {
+  const handlers = options.handlers ?? (await loadHandlers(config.handlersPath));
+  const pool = makePool(config.databaseUrl, log, { max: config.workerConcurrency + 2 });
+  const taskList: TaskList = {
+    process_wa_event: makeProcessWaEvent({ handlers, log: log.child('event'), metrics: options.metrics }),
+    wahook_maintenance: makeWahookMaintenance({ log: log.child('maintenance') }),
+  };
+  const runner = await run({
+    pgPool: pool,
+    taskList,
+    crontab: CRONTAB,
+    concurrency: config.workerConcurrency,
+    noHandleSignals: true,
+    pollInterval: options.pollInterval ?? 2000,
+  });
+  log.info('worker started', {
+    concurrency: config.workerConcurrency,
+    handlers: options.handlers ? 'given' : (config.handlersPath ?? 'built-in example'),
+  });
+  let stopping: Promise<void> | undefined;
+  return {
+    runner,
+    stop: () =>
+      (stopping ??= (async () => {
+        await runner.stop();
+        await pool.end();
+        log.info('worker stopped');
+      })()),
+  };
+}
