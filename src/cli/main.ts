@@ -16,7 +16,7 @@ const USAGE = `usage: wahook <command>
   start      development all-in-one: database (embedded unless DATABASE_URL is set), migrations,
              receiver and worker in one process; prints the webhook URL and a signed sample request
   migrate    bring the database up to date (graphile-worker schema, migrations, sql/, partitions)
-             [--step worker-schema|migrations|sql|partitions] [--database-url URL]
+             [--step worker-schema,migrations,sql,partitions] [--database-url URL]
   receiver   run the webhook receiver (needs WHATSAPP_APP_SECRET and WHATSAPP_VERIFY_TOKEN)
   worker     run the worker (graphile-worker: process_wa_event, maintenance crontab)
 
@@ -138,14 +138,15 @@ Press Ctrl-C to stop.
 
 async function cmdMigrate(args: string[], log: Logger): Promise<void> {
   const step = flag(args, '--step');
-  if (step !== undefined && !(ALL_STEPS as string[]).includes(step)) {
-    throw new UsageError(`--step must be one of ${ALL_STEPS.join(', ')}`);
+  const steps = step === undefined ? ALL_STEPS : (step.split(',') as MigrateStep[]);
+  for (const s of steps) {
+    if (!ALL_STEPS.includes(s)) throw new UsageError(`--step takes ${ALL_STEPS.join(', ')} (comma-separated), not "${s}"`);
   }
   const url = flag(args, '--database-url');
   const config = loadConfig(url ? { ...process.env, DATABASE_URL: url } : process.env, { receiver: false });
   const db = await database(config, log);
   try {
-    await migrate(db.url, log, step ? [step as MigrateStep] : ALL_STEPS);
+    await migrate(db.url, log, steps);
   } finally {
     await db.stop();
   }

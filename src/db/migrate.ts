@@ -68,6 +68,9 @@ export async function migrate(url: string, log: Logger, steps: MigrateStep[] = A
   }
   if (steps.includes('migrations')) {
     await graphileMigrate({ connectionString: url, migrationsFolder: MIGRATIONS_DIR }, false, false);
+    // graphile-migrate keeps its pool open for 200 ms after use and exits the process if a connection of that
+    // pool fails meanwhile (say, the database restarts). Let it close before going on.
+    await new Promise((resolve) => setTimeout(resolve, 250));
     log.info('migrations are current', { committed: committedMigrations().length });
   }
   if (steps.includes('sql')) await applySqlFiles(url, log);

@@ -59,13 +59,16 @@ export async function startReceiver(
       accepting = false;
       const grace = options.shutdownGraceMs ?? 10_000;
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      // Keep-alive connections become idle once their request is answered: close them as they do.
       server.closeIdleConnections();
+      const reaper = setInterval(() => server.closeIdleConnections(), 50);
       const timer = setTimeout(() => {
         log.warn('shutdown grace period over; closing remaining connections', { grace_ms: grace });
         server.closeAllConnections();
       }, grace);
       await closed;
       clearTimeout(timer);
+      clearInterval(reaper);
       await batcher.drain();
       await pool.end();
       log.info('receiver stopped');

@@ -1,5 +1,5 @@
 // Runs graphile-worker with the tasks in tasks/ and the maintenance crontab.
-import { run, type Runner, type TaskList } from 'graphile-worker';
+import { Logger as WorkerLogger, run, type Runner, type TaskList } from 'graphile-worker';
 import { makeProcessWaEvent } from '../../tasks/process_wa_event.ts';
 import { makeWahookMaintenance } from '../../tasks/wahook_maintenance.ts';
 import { makePool } from '../db/pool.ts';
@@ -35,6 +35,7 @@ export async function startWorker(
     crontab: CRONTAB,
     concurrency: config.workerConcurrency,
     noHandleSignals: true,
+    logger: workerLogger(log.child('graphile-worker')),
     pollInterval: options.pollInterval ?? 2000,
   });
   log.info('worker started', {
@@ -51,4 +52,14 @@ export async function startWorker(
         log.info('worker stopped');
       })()),
   };
+}
+
+/** graphile-worker's own messages, through our logger (and its level). */
+function workerLogger(log: Logger): WorkerLogger {
+  return new WorkerLogger(() => (level, message) => {
+    if (level === 'error') log.error(message);
+    else if (level === 'warning') log.warn(message);
+    else if (level === 'info') log.info(message);
+    else log.debug(message);
+  });
 }
