@@ -41,9 +41,25 @@ as $$
   select coalesce((select s.value from wahook.settings as s where s.key = p_key), p_default)
 $$;
 
+create or replace function wahook.setting_interval(p_key text, p_default interval) returns interval
+language sql stable parallel safe
+as $$
+  select coalesce((select (s.value #>> '{}')::interval from wahook.settings as s where s.key = p_key), p_default)
+$$;
+
 insert into wahook.settings (key, value, description) values
   ('process_wa_event.max_attempts', '10',
-   'Attempts graphile-worker makes for one event before giving up (exponential backoff between them).'),
+   'Attempts for one event before it goes to the DLQ (exponential backoff with jitter between them). Each task has a <task>.max_attempts key; absent means 10.'),
+  ('retry.base_delay', '"2 seconds"',
+   'Delay before the second attempt; it doubles with each attempt (with jitter: 50-100 % of the doubled value).'),
+  ('retry.max_delay', '"1 hour"',
+   'Longest delay between two attempts.'),
+  ('dlq.auto_retry', 'true',
+   'Retry DLQ entries automatically on the DLQ schedule. false: entries wait for an operator (replay or discard).'),
+  ('dlq.schedule', '["5 minutes", "15 minutes", "1 hour", "4 hours", "12 hours"]',
+   'Delays of the automatic DLQ retries: the first after the entry is created, each next after the previous retry failed. After the last, the entry is exhausted.'),
+  ('sweeper.grace', '"30 seconds"',
+   'A job locked longer than this whose worker connection is gone is treated as a crashed attempt.'),
   ('dedupe.retention', '"8 days"',
    'How long dedupe keys are kept. Meta retries for up to 7 days; keep at least that.')
 on conflict (key) do nothing;

@@ -120,7 +120,7 @@ returns table (idx integer, log_id bigint, parse_status text, notifications inte
 language plpgsql volatile
 as $$
 declare
-  v_max_attempts integer := (wahook.setting('process_wa_event.max_attempts', '10'))::integer;
+  v_max_attempts integer := wahook.max_attempts('process_wa_event');
 begin
   if p_bodies is null
      or pg_catalog.cardinality(p_bodies) is distinct from pg_catalog.cardinality(p_signature_keys)
@@ -154,9 +154,11 @@ begin
       from notes
      order by notes.dedupe_key, notes.idx, notes.pos
   ),
+  -- Event ids follow Meta's timestamps within a batch, so id order is conversation order (the worker holds a
+  -- conversation's later messages while an earlier one is unfinished, comparing ids).
   numbered as materialized (
     select f.*, pg_catalog.nextval('wahook.wa_events_id_seq'::regclass) as event_id
-      from (select * from firsts order by firsts.idx, firsts.pos) as f
+      from (select * from firsts order by firsts.meta_ts nulls last, firsts.idx, firsts.pos) as f
   ),
   -- Keys are inserted in key order, so two concurrent batches sharing keys cannot deadlock.
   fresh as (
@@ -177,8 +179,7 @@ begin
     returning wa_events.id, wa_events.received_at, wa_events.log_id, wa_events.kind,
               wa_events.phone_number_id, wa_events.wa_id, wa_events.meta_ts
   ),
-  -- One job per new event. Inbound messages of a conversation share a named queue, in Meta's timestamp order
-  -- within the batch.
+  -- One job per new event. Inbound messages of a conversation share a named queue, in event id order.
   jobs as (
     select pg_catalog.count(*)::integer as added
       from graphile_worker.add_jobs(array(
@@ -189,7 +190,7 @@ begin
                  null, v_max_attempts, null, 0, null
                )::graphile_worker.job_spec
           from events as e
-         order by e.meta_ts nulls last, e.id
+         order by e.id
       ))
   ),
   logs as (

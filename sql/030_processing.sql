@@ -1,6 +1,6 @@
 -- Processing: the state transitions of one event, and the built-in effects of messages and statuses.
 -- The worker claims an event (visible as 'processing'), then in one transaction applies the built-in effect,
--- runs the user's handler and marks it done; on failure it records the error and the event shows 'retrying'.
+-- runs the user's handler and marks it done; on failure wahook.job_failed (050_jobs.sql) records the outcome.
 
 create or replace function wahook.claim_event(p_id bigint, p_at timestamptz)
 returns setof wahook.wa_events
@@ -12,30 +12,42 @@ as $$
   returning *
 $$;
 
+
 create or replace function wahook.complete_event(p_id bigint, p_at timestamptz)
 returns boolean
 language sql volatile
 as $$
   with done as (
     update wahook.wa_events
-       set state = 'done', processed_at = pg_catalog.now(), updated_at = pg_catalog.now(), last_error = null
+       set state = 'done', processed_at = pg_catalog.now(), updated_at = pg_catalog.now(), last_error = null,
+           next_attempt_at = null
      where id = p_id and received_at = p_at
     returning 1
   )
   select exists (select from done)
 $$;
 
-create or replace function wahook.fail_event(p_id bigint, p_at timestamptz, p_error text)
-returns boolean
-language sql volatile
+-- Conversation order: an inbound message waits while an earlier message of its conversation (same phone number
+-- and customer, lower event id) is unfinished. Returns when to look again (the earliest next attempt among those
+-- blockers, else in 5 seconds), or null when nothing blocks it. Dead-lettered and discarded messages do not block:
+-- a failing message holds its conversation only within its retry budget.
+create or replace function wahook.conversation_blocker(p_id bigint, p_at timestamptz)
+returns timestamptz
+language sql stable
 as $$
-  with failed as (
-    update wahook.wa_events
-       set state = 'retrying', last_error = left(p_error, 4000), updated_at = pg_catalog.now()
-     where id = p_id and received_at = p_at and state not in ('done', 'discarded')
-    returning 1
-  )
-  select exists (select from failed)
+  select case when pg_catalog.count(b.id) > 0
+              then greatest(coalesce(min(b.next_attempt_at), pg_catalog.now() + interval '5 seconds'),
+                            pg_catalog.now() + interval '100 milliseconds')
+         end
+    from wahook.wa_events as e
+    join wahook.wa_events as b
+      on b.kind = 'message'
+     and b.phone_number_id is not distinct from e.phone_number_id
+     and b.wa_id = e.wa_id
+     and b.id < e.id
+     and b.received_at >= e.received_at - interval '31 days'
+     and b.state in ('pending', 'processing', 'retrying')
+   where e.id = p_id and e.received_at = p_at and e.kind = 'message'
 $$;
 
 -- Delivery states of an outbound message only move forward: sent < delivered < read. 'failed' is terminal and

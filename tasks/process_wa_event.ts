@@ -1,25 +1,31 @@
-// Task process_wa_event: one notification. Payload {id, at} names a wahook.wa_events row.
+// Task process_wa_event: one notification. Payload {id, at} names a wahook.wa_events row (plus dlq_id when the
+// job is an automatic retry of a DLQ entry).
 // 1. claim it (visible as 'processing', attempts + 1; a done event is skipped, so a redelivered job is harmless);
-// 2. in one transaction: the built-in effect (wahook.apply_event), the user's handler, mark done;
-// 3. on error: roll back, record the error ('retrying') and throw, so graphile-worker retries with backoff.
+// 2. an inbound message whose conversation has an unfinished earlier message waits (no attempt spent);
+// 3. in one transaction: the built-in effect (wahook.apply_event), the user's handler, mark done;
+// 4. a thrown error is classified and recorded by runAttempt: retry with backoff, wait, or the DLQ.
 import type { JobHelpers, Task } from 'graphile-worker';
+import { RetryLaterError } from '../src/errors.ts';
 import type { Logger } from '../src/log.ts';
 import type { Metrics } from '../src/metrics/registry.ts';
+import { runAttempt } from '../src/worker/jobs.ts';
 import type { Handlers, WaEvent } from '../src/worker/types.ts';
 
 export interface ProcessWaEventPayload {
   id: string | number;
   at: string;
+  dlq_id?: string | number;
 }
 
 export function assertProcessWaEventPayload(payload: unknown): asserts payload is ProcessWaEventPayload {
   const p = payload as Partial<ProcessWaEventPayload> | null;
+  const isId = (v: unknown) => typeof v === 'number' || (typeof v === 'string' && /^\d+$/.test(v));
   if (
-    typeof p !== 'object' || p === null ||
-    !(typeof p.id === 'number' || (typeof p.id === 'string' && /^\d+$/.test(p.id))) ||
-    typeof p.at !== 'string' || Number.isNaN(Date.parse(p.at))
+    typeof p !== 'object' || p === null || !isId(p.id) ||
+    typeof p.at !== 'string' || Number.isNaN(Date.parse(p.at)) ||
+    (p.dlq_id !== undefined && !isId(p.dlq_id))
   ) {
-    throw new Error(`process_wa_event: payload must be {id, at}, got ${JSON.stringify(payload)}`);
+    throw new Error(`process_wa_event: payload must be {id, at, dlq_id?}, got ${JSON.stringify(payload)}`);
   }
 }
 
@@ -42,13 +48,23 @@ export function makeProcessWaEvent(deps: { handlers: Handlers; log: Logger; metr
   return async (payload: unknown, helpers: JobHelpers) => {
     assertProcessWaEventPayload(payload);
     const { id, at } = payload;
-    await helpers.withPgClient(async (client) => {
+    const dlqId = payload.dlq_id === undefined ? null : String(payload.dlq_id);
+    let kind = 'unknown';
+    await runAttempt(helpers, deps.log, async (client) => {
       const claimed = await client.query<EventRow>('select * from wahook.claim_event($1::bigint, $2::timestamptz)', [id, at]);
       const row = claimed.rows[0];
       if (!row) {
-        deps.metrics?.eventsProcessed.inc({ kind: 'unknown', outcome: 'skipped' });
+        deps.metrics?.eventsProcessed.inc({ kind, outcome: 'skipped' });
         deps.log.info('event already done or gone; nothing to do', { event: String(id) });
         return;
+      }
+      kind = row.kind;
+      const blocked = await client.query<{ until: Date | null }>(
+        'select wahook.conversation_blocker($1::bigint, $2::timestamptz) as until', [id, at]);
+      const until = blocked.rows[0]?.until;
+      if (until) {
+        deps.metrics?.eventsProcessed.inc({ kind, outcome: 'waiting' });
+        throw new RetryLaterError('waiting for an earlier message of this conversation', Math.max(100, until.getTime() - Date.now()), 'CONVERSATION_ORDER');
       }
       const event: WaEvent = {
         id: row.id,
@@ -64,32 +80,22 @@ export function makeProcessWaEvent(deps: { handlers: Handlers; log: Logger; metr
         contact: row.contact,
         attempt: row.attempts,
       };
+      const started = performance.now();
       const handler = deps.handlers[event.kind];
-      try {
-        await client.query('begin');
-        await client.query('select wahook.apply_event($1::bigint, $2::timestamptz)', [id, at]);
-        if (handler) {
-          await handler(event, { db: client, log: deps.log.child(event.kind), maxAttempts: helpers.job.max_attempts });
-        }
-        await client.query('select wahook.complete_event($1::bigint, $2::timestamptz)', [id, at]);
-        await client.query('commit');
-        deps.metrics?.eventsProcessed.inc({ kind: event.kind, outcome: 'done' });
-      } catch (err) {
-        await client.query('rollback').catch(() => undefined);
-        const message = err instanceof Error ? err.message : String(err);
-        await client
-          .query('select wahook.fail_event($1::bigint, $2::timestamptz, $3)', [id, at, message])
-          .catch((e: Error) => deps.log.error('could not record event failure', { event: event.id, error: e }));
-        deps.metrics?.eventsProcessed.inc({ kind: event.kind, outcome: 'failed' });
-        deps.log.warn('event failed; will retry', {
-          event: event.id,
-          kind: event.kind,
-          attempt: helpers.job.attempts,
-          max_attempts: helpers.job.max_attempts,
-          error: message,
-        });
-        throw err;
+      await client.query('begin');
+      await client.query('select wahook.apply_event($1::bigint, $2::timestamptz)', [id, at]);
+      if (handler) {
+        await handler(event, { db: client, log: deps.log.child(event.kind), maxAttempts: helpers.job.max_attempts });
       }
+      await client.query('select wahook.complete_event($1::bigint, $2::timestamptz)', [id, at]);
+      if (dlqId !== null) {
+        await client.query('select wahook.dlq_resolve($1::bigint, $2)', [dlqId, performance.now() - started]);
+      }
+      await client.query('commit');
+      deps.metrics?.eventsProcessed.inc({ kind: event.kind, outcome: 'done' });
+    }, { event: String(id), dlq_id: dlqId ?? undefined }).catch((err: unknown) => {
+      deps.metrics?.eventsProcessed.inc({ kind, outcome: 'failed' });
+      throw err;
     });
   };
 }

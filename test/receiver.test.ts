@@ -101,19 +101,20 @@ describe('POST /webhooks/whatsapp', () => {
         [log_id],
       )
     ).rows;
+    // event ids follow Meta's timestamps: the status (…605) before the messages (…610, …612)
     expect(events.map((e) => [e.kind, e.wamid, e.state])).toEqual([
+      ['status', 'wamid.OUTBOUND0001', 'pending'],
       ['message', 'wamid.HBgMNDQ3NzAwOTAwMTIzFQIAEhgUREREREE=', 'pending'],
       ['message', 'wamid.HBgMNDQ3NzAwOTAwMTIzFQIAEhgURUVFRUE=', 'pending'],
-      ['status', 'wamid.OUTBOUND0001', 'pending'],
     ]);
-    expect(events[0].wa_id).toBe('447700900123');
-    expect(events[0].phone_number_id).toBe('100000000000001');
-    expect(events[0].meta_ts.toISOString()).toBe(new Date(1767225610 * 1000).toISOString());
-    expect(events[2].dedupe_key).toBe('s:wamid.OUTBOUND0001:delivered');
+    expect(events[1].wa_id).toBe('447700900123');
+    expect(events[1].phone_number_id).toBe('100000000000001');
+    expect(events[1].meta_ts.toISOString()).toBe(new Date(1767225610 * 1000).toISOString());
+    expect(events[0].dedupe_key).toBe('s:wamid.OUTBOUND0001:delivered');
     expect(events.every((e) => e.task_identifier === 'process_wa_event')).toBe(true);
-    expect(events[0].queue_name).toBe('wahook:conv:100000000000001:447700900123');
-    expect(events[1].queue_name).toBe(events[0].queue_name);
-    expect(events[2].queue_name).toBeNull(); // statuses never wait behind messages
+    expect(events[1].queue_name).toBe('wahook:conv:100000000000001:447700900123');
+    expect(events[2].queue_name).toBe(events[1].queue_name);
+    expect(events[0].queue_name).toBeNull(); // statuses never wait behind messages
   });
 
   it('a POST delivered twice adds a log row but no second event and no second job', async () => {

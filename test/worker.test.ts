@@ -1,63 +1,40 @@
 // The worker against a real database: built-in status handling, handler dispatch, retries, ordering.
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import path from 'node:path';
-import { sign } from '../src/receiver/signature.ts';
 import type { RunningReceiver } from '../src/receiver/server.ts';
 import { loadHandlers } from '../src/worker/handlers.ts';
-import { startWorker, type RunningWorker } from '../src/worker/runner.ts';
-import type { Handlers, WaEvent } from '../src/worker/types.ts';
+import type { WaEvent } from '../src/worker/types.ts';
 import { createTestDatabase, waitFor, type TestDatabase } from './helpers/db.ts';
-import { fixture, FIXTURE_SECRET } from './helpers/fixtures.ts';
-import { post, quietLogger, testReceiver } from './helpers/receiver.ts';
+import { fixture } from './helpers/fixtures.ts';
+import { post, testReceiver } from './helpers/receiver.ts';
+import { sendSigned, settled, startTestWorker, webhook, type TestWorker } from './helpers/worker.ts';
 
 let db: TestDatabase;
 let receiver: RunningReceiver;
-let worker: RunningWorker | undefined;
-
-// The handlers the worker runs; each test installs its own behaviour here.
-let behaviour: Handlers = {};
-const handlers: Handlers = {
-  message: (e, c) => behaviour.message?.(e, c),
-  status: (e, c) => behaviour.status?.(e, c),
-  error: (e, c) => behaviour.error?.(e, c),
-  other: (e, c) => behaviour.other?.(e, c),
-};
+let tw: TestWorker | undefined;
+let behaviour: TestWorker['behaviour'];
 
 beforeAll(async () => {
   db = await createTestDatabase();
   receiver = await testReceiver(db.url);
-  worker = await startWorker({ databaseUrl: db.url, handlersPath: undefined, workerConcurrency: 4 }, quietLogger('worker'), {
-    handlers,
-    pollInterval: 200,
-  });
+  tw = await startTestWorker(db.url);
 });
 afterAll(async () => {
-  await worker?.stop();
+  await tw?.worker.stop();
   await receiver?.close();
   await db?.drop();
 });
 beforeEach(() => {
-  behaviour = {};
+  behaviour = tw!.behaviour = {};
 });
 
 async function allDone(): Promise<void> {
-  await waitFor(async () => {
-    const r = await db.pool.query<{ open: number }>(`select count(*)::int as open from wahook.wa_events where state <> 'done'`);
-    return r.rows[0]!.open === 0;
-  }, 30_000, 'all events done');
+  await settled(db.pool);
+  const r = await db.pool.query<{ n: number }>(`select count(*)::int as n from wahook.wa_events where state <> 'done'`);
+  expect(r.rows[0]!.n).toBe(0);
 }
 
-function webhook(value: Record<string, unknown>): Buffer {
-  return Buffer.from(JSON.stringify({
-    object: 'whatsapp_business_account',
-    entry: [{ id: '200000000000002', changes: [{ field: 'messages', value: { messaging_product: 'whatsapp', metadata: { phone_number_id: '100000000000001' }, ...value } }] }],
-  }));
-}
-
-async function send(body: Buffer): Promise<void> {
-  const res = await post(receiver.webhookUrl, body, sign(body, FIXTURE_SECRET));
-  expect(res.status).toBe(200);
-}
+const send = (body: Buffer) => sendSigned(receiver.webhookUrl, body);
 
 function status(wamid: string, s: string, ts: number, extra: Record<string, unknown> = {}) {
   return { id: wamid, status: s, timestamp: String(ts), recipient_id: '447700900123', ...extra };

@@ -10,6 +10,7 @@ import { makeMetrics } from '../metrics/registry.ts';
 import { startReceiver } from '../receiver/server.ts';
 import { sign } from '../receiver/signature.ts';
 import { startWorker } from '../worker/runner.ts';
+import { dlqCommand, DlqUsageError, DLQ_USAGE } from './dlq.ts';
 
 const USAGE = `usage: wahook <command>
 
@@ -18,7 +19,8 @@ const USAGE = `usage: wahook <command>
   migrate    bring the database up to date (graphile-worker schema, migrations, sql/, partitions)
              [--step worker-schema,migrations,sql,partitions] [--database-url URL]
   receiver   run the webhook receiver (needs WHATSAPP_APP_SECRET and WHATSAPP_VERIFY_TOKEN)
-  worker     run the worker (graphile-worker: process_wa_event, maintenance crontab)
+  worker     run the worker (graphile-worker: process_wa_event, DLQ processor, maintenance crontab)
+  dlq        list | show | replay | discard dead-letter queue entries (wahook dlq --help)
 
 Configuration comes from the environment; see .env.example.`;
 
@@ -172,6 +174,20 @@ async function cmdWorker(log: Logger): Promise<void> {
   });
 }
 
+async function cmdDlq(args: string[], log: Logger): Promise<void> {
+  if (args.length === 0 || args[0] === '--help' || args[0] === 'help') {
+    process.stdout.write(DLQ_USAGE + '\n');
+    return;
+  }
+  const config = loadConfig(process.env, { receiver: false });
+  const db = await database(config, log);
+  try {
+    await dlqCommand(args, db.url, process.env, (s) => process.stdout.write(s + '\n'));
+  } finally {
+    await db.stop();
+  }
+}
+
 export async function main(argv: string[]): Promise<void> {
   const [command, ...args] = argv;
   const log = makeLogger();
@@ -185,6 +201,8 @@ export async function main(argv: string[]): Promise<void> {
         return await cmdReceiver(log);
       case 'worker':
         return await cmdWorker(log);
+      case 'dlq':
+        return await cmdDlq(args, makeLogger('wahook', { ...process.env, WAHOOK_LOG_LEVEL: process.env.WAHOOK_LOG_LEVEL ?? 'warn' }));
       case undefined:
       case 'help':
       case '--help':
@@ -195,9 +213,15 @@ export async function main(argv: string[]): Promise<void> {
         throw new UsageError(`unknown command "${command}"`);
     }
   } catch (err) {
-    if (err instanceof ConfigError || err instanceof UsageError) {
+    if (err instanceof ConfigError || err instanceof UsageError || err instanceof DlqUsageError) {
       process.stderr.write(`wahook: ${err.message}\n`);
       if (err instanceof UsageError) process.stderr.write(USAGE + '\n');
+      if (err instanceof DlqUsageError) process.stderr.write(DLQ_USAGE + '\n');
+      process.exit(2);
+    }
+    const code = (err as { code?: string }).code;
+    if (typeof code === 'string' && /^WH\d{3}$/.test(code)) {
+      process.stderr.write(`wahook: ${(err as Error).message}\n`);
       process.exit(2);
     }
     log.error(`${command} failed`, { error: err as Error });

@@ -1,6 +1,8 @@
 // Runs graphile-worker with the tasks in tasks/ and the maintenance crontab.
 import { Logger as WorkerLogger, run, type Runner, type TaskList } from 'graphile-worker';
 import { makeProcessWaEvent } from '../../tasks/process_wa_event.ts';
+import { makeWahookDlqProcess } from '../../tasks/wahook_dlq_process.ts';
+import { makeWahookDlqRetry } from '../../tasks/wahook_dlq_retry.ts';
 import { makeWahookMaintenance } from '../../tasks/wahook_maintenance.ts';
 import { makePool } from '../db/pool.ts';
 import type { Logger } from '../log.ts';
@@ -9,6 +11,8 @@ import { loadHandlers } from './handlers.ts';
 import type { Handlers } from './types.ts';
 
 export const CRONTAB = [
+  // every 5 minutes: sweep crashed attempts, queue due DLQ retries
+  '*/5 * * * * wahook_dlq_process',
   // daily at 03:17 UTC; backfill one day if the worker was down at that time
   '17 3 * * * wahook_maintenance ?fill=1d',
 ].join('\n');
@@ -28,6 +32,8 @@ export async function startWorker(
   const taskList: TaskList = {
     process_wa_event: makeProcessWaEvent({ handlers, log: log.child('event'), metrics: options.metrics }),
     wahook_maintenance: makeWahookMaintenance({ log: log.child('maintenance') }),
+    wahook_dlq_process: makeWahookDlqProcess({ log: log.child('dlq') }),
+    wahook_dlq_retry: makeWahookDlqRetry({ log: log.child('dlq') }),
   };
   const runner = await run({
     pgPool: pool,
