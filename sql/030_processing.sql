@@ -50,15 +50,16 @@ as $$
    where e.id = p_id and e.received_at = p_at and e.kind = 'message'
 $$;
 
--- Delivery states of an outbound message only move forward: sent < delivered < read. 'failed' is terminal and
+-- Delivery states of an outbound message only move forward: queued < accepted (the Graph API took it) < sent <
+-- delivered < read. 'failed' is terminal and
 -- replaces any state short of 'read' (a read message was delivered, whatever arrives late). Unknown statuses
 -- never replace a known one.
 create or replace function wahook.status_rank(p_status text) returns integer
 language sql immutable parallel safe
 as $$
   select case p_status
-    when 'accepted' then 0 when 'queued' then 0
-    when 'sent' then 1 when 'delivered' then 2 when 'read' then 3
+    when 'queued' then 0 when 'accepted' then 1
+    when 'sent' then 2 when 'delivered' then 3 when 'read' then 4
     else -1
   end
 $$;
@@ -130,6 +131,16 @@ begin
     on conflict (wamid) do nothing;
     v_result := 'received';
   elsif v_event.kind = 'status' and v_event.wamid is not null then
+    -- Our own sends carry their outbox id: link the wamid even if the send's answer was never recorded.
+    if (v_event.payload ->> 'biz_opaque_callback_data') ~ '^wahook:[0-9]{1,18}$' then
+      perform wahook.link_wamid(pg_catalog.substr(v_event.payload ->> 'biz_opaque_callback_data', 8)::bigint, v_event.wamid)
+         from wahook.whatsapp_messages as m
+        where m.id = pg_catalog.substr(v_event.payload ->> 'biz_opaque_callback_data', 8)::bigint
+          and m.direction = 'outbound' and (m.wamid is null or m.wamid = v_event.wamid);
+    end if;
+    if v_event.payload ->> 'status' = 'failed' then
+      perform wahook.apply_failed_status(v_event.phone_number_id, v_event.wa_id, v_event.payload -> 'errors');
+    end if;
     v_result := wahook.apply_status(
       v_event.wamid, v_event.payload ->> 'status', v_event.meta_ts, v_event.phone_number_id, v_event.wa_id,
       v_event.payload -> 'errors', v_event.id);

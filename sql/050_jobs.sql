@@ -243,7 +243,8 @@ $$;
 -- Jobs a crash left behind, moved on: a wahook job locked longer than the grace period whose worker no longer
 -- holds its advisory lock (the worker died mid-attempt) counts as a failed attempt ('crashed': retried, or
 -- dead-lettered on its last attempt); a job graphile-worker itself gave up on (attempts = max_attempts, unlocked)
--- goes to the DLQ. Returns one row per job it moved.
+-- goes to the DLQ. p_now is only the clock the lock ages are read against (tests move it forward to skip the
+-- grace period); what the sweeper schedules is in real time. Returns one row per job it moved.
 create or replace function wahook.sweep(p_now timestamptz default pg_catalog.now())
 returns table (job_id bigint, task text, outcome text, dlq_id bigint)
 language plpgsql volatile
@@ -257,7 +258,7 @@ begin
     select j.id, t.identifier as task, j.locked_at, j.attempts, j.max_attempts, j.last_error
       from graphile_worker._private_jobs as j
       join graphile_worker._private_tasks as t on t.id = j.task_id
-     where t.identifier in ('process_wa_event')
+     where t.identifier in ('process_wa_event', 'send_whatsapp_message')
        and ((j.locked_at is not null and j.locked_at < p_now - v_grace)
             or (j.locked_at is null and j.attempts >= j.max_attempts))
      order by j.id
@@ -269,10 +270,10 @@ begin
       if not pg_catalog.pg_try_advisory_xact_lock(wahook.job_lock_class(), wahook.job_lock_key(v_job.id)) then
         continue;
       end if;
-      select * into v_result from wahook.job_failed(v_job.id, 'crashed', 'the worker stopped during this attempt (found by the sweeper)', 'WORKER_LOST', null, p_now);
+      select * into v_result from wahook.job_failed(v_job.id, 'crashed', 'the worker stopped during this attempt (found by the sweeper)', 'WORKER_LOST');
     else
       select * into v_result from wahook.job_failed(v_job.id, 'transient',
-        coalesce('graphile-worker gave up: ' || v_job.last_error, 'graphile-worker gave up'), 'ATTEMPTS_EXHAUSTED', null, p_now);
+        coalesce('graphile-worker gave up: ' || v_job.last_error, 'graphile-worker gave up'), 'ATTEMPTS_EXHAUSTED');
     end if;
     job_id := v_job.id;
     task := v_job.task;

@@ -17,6 +17,8 @@ export interface Config {
   dataDir: string;
   otelEndpoint: string | undefined;
   otelServiceName: string;
+  /** Graph API calls: timeout, and the local (per process) opossum breaker; shared thresholds are in wahook.settings */
+  send: { timeoutMs: number; errorThresholdPercentage: number; volumeThreshold: number; resetTimeoutMs: number };
 }
 
 export class ConfigError extends Error {
@@ -85,6 +87,12 @@ export function loadConfig(env: NodeJS.ProcessEnv, needs: ConfigNeeds): Config {
   const maxBodyBytes = int('WAHOOK_MAX_BODY_BYTES', DEFAULT_MAX_BODY_BYTES, MIN_MAX_BODY_BYTES, 64 * 1024 * 1024);
   const workerConcurrency = int('WAHOOK_WORKER_CONCURRENCY', 10, 1, 200);
   const otelEndpoint = url('OTEL_EXPORTER_OTLP_ENDPOINT', ['http:', 'https:']);
+  const send = {
+    timeoutMs: int('WAHOOK_SEND_TIMEOUT_MS', 10_000, 100, 120_000),
+    errorThresholdPercentage: int('WAHOOK_BREAKER_ERROR_PERCENT', 50, 1, 100),
+    volumeThreshold: int('WAHOOK_BREAKER_VOLUME', 5, 1, 10_000),
+    resetTimeoutMs: int('WAHOOK_BREAKER_RESET_MS', 30_000, 100, 3_600_000),
+  };
 
   if (problems.length > 0) throw new ConfigError(problems);
   return {
@@ -101,5 +109,6 @@ export function loadConfig(env: NodeJS.ProcessEnv, needs: ConfigNeeds): Config {
     dataDir: path.resolve(str('WAHOOK_DATA_DIR') ?? '.wahook'),
     otelEndpoint,
     otelServiceName: str('OTEL_SERVICE_NAME') ?? 'wahook',
+    send,
   };
 }

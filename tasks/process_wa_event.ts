@@ -5,11 +5,11 @@
 // 3. in one transaction: the built-in effect (wahook.apply_event), the user's handler, mark done;
 // 4. a thrown error is classified and recorded by runAttempt: retry with backoff, wait, or the DLQ.
 import type { JobHelpers, Task } from 'graphile-worker';
-import { RetryLaterError } from '../src/errors.ts';
+import { PermanentError, RetryLaterError } from '../src/errors.ts';
 import type { Logger } from '../src/log.ts';
 import type { Metrics } from '../src/metrics/registry.ts';
 import { runAttempt } from '../src/worker/jobs.ts';
-import type { Handlers, WaEvent } from '../src/worker/types.ts';
+import type { Handlers, OutboundMessage, WaEvent } from '../src/worker/types.ts';
 
 export interface ProcessWaEventPayload {
   id: string | number;
@@ -85,7 +85,24 @@ export function makeProcessWaEvent(deps: { handlers: Handlers; log: Logger; metr
       await client.query('begin');
       await client.query('select wahook.apply_event($1::bigint, $2::timestamptz)', [id, at]);
       if (handler) {
-        await handler(event, { db: client, log: deps.log.child(event.kind), maxAttempts: helpers.job.max_attempts });
+        const send = async (to: string, message: OutboundMessage, options: { phoneNumberId?: string } = {}) => {
+          const phoneNumberId = options.phoneNumberId ?? event.phoneNumberId;
+          const r = await client.query<{ id: string }>(
+            'select wahook.enqueue_message($1, $2, $3::jsonb, $4::bigint) as id',
+            [phoneNumberId, to, JSON.stringify(message), event.id],
+          );
+          return r.rows[0]!.id;
+        };
+        await handler(event, {
+          db: client,
+          log: deps.log.child(event.kind),
+          maxAttempts: helpers.job.max_attempts,
+          send,
+          reply: (message) => {
+            if (!event.waId) throw new PermanentError(`event ${event.id} (${event.kind}) has no customer to reply to`, 'NO_RECIPIENT');
+            return send(event.waId, message);
+          },
+        });
       }
       await client.query('select wahook.complete_event($1::bigint, $2::timestamptz)', [id, at]);
       if (dlqId !== null) {

@@ -11,6 +11,9 @@ import { startReceiver } from '../receiver/server.ts';
 import { sign } from '../receiver/signature.ts';
 import { startWorker } from '../worker/runner.ts';
 import { dlqCommand, DlqUsageError, DLQ_USAGE } from './dlq.ts';
+import { simulateCommand, SimulateUsageError, SIMULATE_USAGE } from './simulate.ts';
+import { echoHandlers } from '../handlers/echo.ts';
+import { GraphApiSimulator } from '../simulator/graphApi.ts';
 
 const USAGE = `usage: wahook <command>
 
@@ -21,6 +24,7 @@ const USAGE = `usage: wahook <command>
   receiver   run the webhook receiver (needs WHATSAPP_APP_SECRET and WHATSAPP_VERIFY_TOKEN)
   worker     run the worker (graphile-worker: process_wa_event, DLQ processor, maintenance crontab)
   dlq        list | show | replay | discard dead-letter queue entries (wahook dlq --help)
+  simulate   api | traffic: a Graph API stand-in, or signed inbound traffic (wahook simulate --help)
 
 Configuration comes from the environment; see .env.example.`;
 
@@ -106,18 +110,39 @@ async function cmdStart(log: Logger): Promise<void> {
     env.WHATSAPP_VERIFY_TOKEN ||= dev.verifyToken;
     log.warn('WHATSAPP_APP_SECRET / WHATSAPP_VERIFY_TOKEN not set: using development values from the data directory');
   }
+  // Without WHATSAPP_API_BASE_URL, sends go to a Graph API simulator in this process, which posts signed status
+  // webhooks back: the whole loop runs locally, without Meta.
+  const simulate = !env.WHATSAPP_API_BASE_URL;
+  if (simulate) env.WHATSAPP_ACCESS_TOKEN ||= 'simulator-token';
   const config = loadConfig(env, { receiver: true });
   const db = await database(config, log);
+  // Stopped in this order: receiver (stop accepting, finish requests), worker, simulator, database.
+  const stops: { receiver?: () => Promise<void>; worker?: () => Promise<void>; sim?: () => Promise<void> } = {};
+  const stopAll = async () => {
+    for (const stop of [stops.receiver, stops.worker, stops.sim]) if (stop) await stop();
+    await db.stop();
+  };
   try {
     await migrate(db.url, log.child('migrate'));
     const metrics = makeMetrics();
-    const worker = await startWorker({ ...config, databaseUrl: db.url }, log.child('worker'), { metrics });
     const receiver = await startReceiver({ ...config, databaseUrl: db.url }, log.child('receiver'), { metrics });
-    onShutdown(log, async () => {
-      await receiver.close();
-      await worker.stop();
-      await db.stop();
+    stops.receiver = () => receiver.close();
+    let apiBaseUrl = config.apiBaseUrl;
+    if (simulate) {
+      const sim = new GraphApiSimulator({
+        accessToken: config.accessToken!,
+        webhook: { url: receiver.webhookUrl.replace('localhost', '127.0.0.1'), appSecret: config.appSecrets[0]!, delayMs: 200 },
+        log: log.child('simulator'),
+      });
+      apiBaseUrl = await sim.start();
+      stops.sim = () => sim.stop();
+    }
+    const worker = await startWorker({ ...config, apiBaseUrl, databaseUrl: db.url }, log.child('worker'), {
+      metrics,
+      handlers: config.handlersPath ? undefined : echoHandlers,
     });
+    stops.worker = () => worker.stop();
+    onShutdown(log, stopAll);
     const secret = config.appSecrets[0]!;
     process.stdout.write(`
 wahook is running.
@@ -125,15 +150,17 @@ wahook is running.
   Webhook URL:   ${receiver.webhookUrl}
   Verify token:  ${config.verifyToken}
   Health:        ${receiver.url}/healthz   ${receiver.url}/readyz   ${receiver.url}/metrics
+  Graph API:     ${simulate ? `${apiBaseUrl} (simulator; set WHATSAPP_API_BASE_URL and WHATSAPP_ACCESS_TOKEN for Meta)` : apiBaseUrl}
+  Handlers:      ${config.handlersPath ?? 'built-in echo (answers each text message)'}
 
-Send a signed sample webhook (the worker logs "inbound message" when it has processed it):
+Send a signed sample webhook (the worker logs "inbound message" when it has processed it${simulate ? ', then the echo goes\nout through the simulator and its status webhooks come back: "message accepted", "status … read"' : ''}):
 
   ${sampleCommand(receiver.webhookUrl, secret)}
 
 Press Ctrl-C to stop.
 `);
   } catch (err) {
-    await db.stop();
+    await stopAll();
     throw err;
   }
 }
@@ -201,6 +228,8 @@ export async function main(argv: string[]): Promise<void> {
         return await cmdReceiver(log);
       case 'worker':
         return await cmdWorker(log);
+      case 'simulate':
+        return await simulateCommand(args, process.env, log);
       case 'dlq':
         return await cmdDlq(args, makeLogger('wahook', { ...process.env, WAHOOK_LOG_LEVEL: process.env.WAHOOK_LOG_LEVEL ?? 'warn' }));
       case undefined:
@@ -213,10 +242,11 @@ export async function main(argv: string[]): Promise<void> {
         throw new UsageError(`unknown command "${command}"`);
     }
   } catch (err) {
-    if (err instanceof ConfigError || err instanceof UsageError || err instanceof DlqUsageError) {
+    if (err instanceof ConfigError || err instanceof UsageError || err instanceof DlqUsageError || err instanceof SimulateUsageError) {
       process.stderr.write(`wahook: ${err.message}\n`);
       if (err instanceof UsageError) process.stderr.write(USAGE + '\n');
       if (err instanceof DlqUsageError) process.stderr.write(DLQ_USAGE + '\n');
+      if (err instanceof SimulateUsageError) process.stderr.write(SIMULATE_USAGE + '\n');
       process.exit(2);
     }
     const code = (err as { code?: string }).code;

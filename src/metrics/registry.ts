@@ -34,7 +34,18 @@ export function makeMetrics() {
     labelNames: ['kind', 'outcome'] as const,
     registers: [registry],
   });
-  return { registry, webhookRequests, notifications, ingestBatchSize, ingestSeconds, eventsProcessed };
+  const sends = new client.Counter({
+    name: 'wahook_sends_total',
+    help: 'Outbound send attempts by outcome: accepted, already_sent, waiting, breaker_open, or the Graph error class',
+    labelNames: ['outcome'] as const,
+    registers: [registry],
+  });
+  const breakersOpen = new client.Gauge({
+    name: 'wahook_breakers_open',
+    help: 'Circuit breakers of this worker process that are open or half-open (one per sending phone number)',
+    registers: [registry],
+  });
+  return { registry, webhookRequests, notifications, ingestBatchSize, ingestSeconds, eventsProcessed, sends, breakersOpen };
 }
 
 export type Metrics = ReturnType<typeof makeMetrics>;

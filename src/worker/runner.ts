@@ -4,6 +4,10 @@ import { makeProcessWaEvent } from '../../tasks/process_wa_event.ts';
 import { makeWahookDlqProcess } from '../../tasks/wahook_dlq_process.ts';
 import { makeWahookDlqRetry } from '../../tasks/wahook_dlq_retry.ts';
 import { makeWahookMaintenance } from '../../tasks/wahook_maintenance.ts';
+import { makeSendWhatsappMessage } from '../../tasks/send_whatsapp_message.ts';
+import type { Config } from '../config.ts';
+import { BreakerRegistry } from '../whatsapp/breakers.ts';
+import { GraphApiClient } from '../whatsapp/client.ts';
 import { makePool } from '../db/pool.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics/registry.ts';
@@ -22,14 +26,36 @@ export interface RunningWorker {
   stop(): Promise<void>;
 }
 
+export type WorkerConfig = Pick<Config, 'handlersPath' | 'workerConcurrency'> &
+  Partial<Pick<Config, 'accessToken' | 'apiBaseUrl' | 'send'>> & { databaseUrl: string };
+
 export async function startWorker(
-  config: { databaseUrl: string; handlersPath: string | undefined; workerConcurrency: number },
+  config: WorkerConfig,
   log: Logger,
   options: { metrics?: Metrics; pollInterval?: number; handlers?: Handlers } = {},
 ): Promise<RunningWorker> {
   const handlers = options.handlers ?? (await loadHandlers(config.handlersPath));
   const pool = makePool(config.databaseUrl, log, { max: config.workerConcurrency + 2 });
+  const breakerStates = new Map<string, string>();
+  const breakers = config.accessToken
+    ? new BreakerRegistry(
+        new GraphApiClient({
+          baseUrl: config.apiBaseUrl ?? 'https://graph.facebook.com/v21.0',
+          accessToken: config.accessToken,
+          timeoutMs: config.send?.timeoutMs ?? 10_000,
+        }),
+        pool,
+        config.send ?? { timeoutMs: 10_000, errorThresholdPercentage: 50, volumeThreshold: 5, resetTimeoutMs: 30_000 },
+        log.child('breaker'),
+        (phone, state) => {
+          breakerStates.set(phone, state);
+          options.metrics?.breakersOpen.set([...breakerStates.values()].filter((s) => s !== 'closed').length);
+        },
+      )
+    : null;
+  if (!breakers) log.warn('WHATSAPP_ACCESS_TOKEN is not set: outbound messages are queued but not sent until it is');
   const taskList: TaskList = {
+    send_whatsapp_message: makeSendWhatsappMessage({ breakers, log: log.child('send'), metrics: options.metrics }),
     process_wa_event: makeProcessWaEvent({ handlers, log: log.child('event'), metrics: options.metrics }),
     wahook_maintenance: makeWahookMaintenance({ log: log.child('maintenance') }),
     wahook_dlq_process: makeWahookDlqProcess({ log: log.child('dlq') }),
@@ -54,6 +80,7 @@ export async function startWorker(
     stop: () =>
       (stopping ??= (async () => {
         await runner.stop();
+        breakers?.shutdown();
         await pool.end();
         log.info('worker stopped');
       })()),

@@ -35,7 +35,18 @@ export interface HandlerContext {
   db: PoolClient;
   log: Logger;
   maxAttempts: number;
+  /**
+   * Queue a WhatsApp message in this transaction (the outbox): it is sent after the commit, through the circuit
+   * breaker, never twice once accepted. `message` is the Graph API message without `to`, e.g.
+   * `{ type: 'text', text: { body: 'Hi' } }`. Returns the outbox id (wahook.whatsapp_messages.id).
+   */
+  send(to: string, message: OutboundMessage, options?: { phoneNumberId?: string }): Promise<string>;
+  /** `send` to the customer of this event, from the phone number that received it. */
+  reply(message: OutboundMessage): Promise<string>;
 }
+
+/** A Graph API message body without messaging_product and to: {type: 'text', text: {body}} and the like. */
+export type OutboundMessage = { type: string } & Record<string, unknown>;
 
 export type Handler = (event: WaEvent, ctx: HandlerContext) => void | Promise<void>;
 

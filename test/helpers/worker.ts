@@ -1,7 +1,7 @@
 // An in-process worker whose handlers each test swaps, plus helpers to drive and watch it.
 import pg from 'pg';
 import { sign } from '../../src/receiver/signature.ts';
-import { startWorker, type RunningWorker } from '../../src/worker/runner.ts';
+import { startWorker, type RunningWorker, type WorkerConfig } from '../../src/worker/runner.ts';
 import type { Handlers } from '../../src/worker/types.ts';
 import { waitFor } from './db.ts';
 import { FIXTURE_SECRET } from './fixtures.ts';
@@ -13,7 +13,7 @@ export interface TestWorker {
   behaviour: Handlers;
 }
 
-export async function startTestWorker(databaseUrl: string): Promise<TestWorker> {
+export async function startTestWorker(databaseUrl: string, extra: Partial<WorkerConfig> = {}): Promise<TestWorker> {
   const tw = { behaviour: {} as Handlers } as TestWorker;
   const handlers: Handlers = {
     message: (e, c) => tw.behaviour.message?.(e, c),
@@ -21,7 +21,7 @@ export async function startTestWorker(databaseUrl: string): Promise<TestWorker> 
     error: (e, c) => tw.behaviour.error?.(e, c),
     other: (e, c) => tw.behaviour.other?.(e, c),
   };
-  tw.worker = await startWorker({ databaseUrl, handlersPath: undefined, workerConcurrency: 4 }, quietLogger('worker'), {
+  tw.worker = await startWorker({ databaseUrl, handlersPath: undefined, workerConcurrency: 4, ...extra }, quietLogger('worker'), {
     handlers,
     pollInterval: 200,
   });
