@@ -20,7 +20,7 @@ afterAll(async () => {
 });
 
 describe('wahook start', () => {
-  it('runs on an embedded PostgreSQL and processes the printed sample webhook', async () => {
+  it('runs on an embedded PostgreSQL, processes the printed sample webhook and sends the echo round trip', async () => {
     const dataDir = mkdtempSync(path.join(os.tmpdir(), 'wahook-start-'));
     const port = await freePort();
     const p = spawnWahook(['start'], childEnv({ WAHOOK_DATA_DIR: dataDir, PORT: String(port) }));
@@ -34,6 +34,9 @@ describe('wahook start', () => {
       const { stdout } = await promisify(execFile)('sh', ['-c', curl]);
       expect(JSON.parse(stdout)).toMatchObject({ received: true, notifications: 1, duplicates: 0 });
       await p.waitFor(/inbound message .*text="Hello from wahook"/, 20_000);
+      // the echo goes out through the built-in Graph API simulator and its statuses come back
+      const accepted = await p.waitFor(/message accepted by the Graph API outbox_id=\d+ wamid=(\S+)/, 20_000);
+      await p.waitFor(new RegExp(`status event=\\d+ wamid=${accepted[1]!.replace(/\./g, '\\.')} status=read`), 20_000);
       p.child.kill('SIGTERM');
       expect(await p.exited).toEqual({ code: 0, signal: null });
     } finally {
