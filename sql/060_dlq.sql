@@ -152,8 +152,7 @@ begin
            set state = 'pending', attempts = 0, next_attempt_at = null, updated_at = pg_catalog.now()
          where e.id = v_entry.event_id and e.received_at = v_entry.event_received_at;
       end if;
-      insert into wahook.audit_log (actor, action, table_name, row_id, details)
-      values (p_actor, 'dlq.replay', 'wahook.webhook_dlq', v_entry.id::text,
+      perform wahook.audit_write(session_user::text, 'dlq.replay', 'wahook.webhook_dlq', v_entry.id::text, null, null,
               pg_catalog.jsonb_build_object('job_id', v_job, 'task', v_entry.task, 'event_id', v_entry.event_id));
       status := 'replayed';
       job_id := v_job;
@@ -226,8 +225,8 @@ begin
         update wahook.wa_events as e set state = 'discarded', updated_at = pg_catalog.now()
          where e.id = v_entry.event_id and e.received_at = v_entry.event_received_at;
       end if;
-      insert into wahook.audit_log (actor, action, table_name, row_id, details)
-      values (p_actor, 'dlq.discard', 'wahook.webhook_dlq', v_entry.id::text, pg_catalog.jsonb_build_object('reason', p_reason));
+      perform wahook.audit_write(session_user::text, 'dlq.discard', 'wahook.webhook_dlq', v_entry.id::text, null, null,
+              pg_catalog.jsonb_build_object('reason', p_reason));
       status := 'discarded';
     end if;
     return next;
@@ -270,15 +269,28 @@ as $$
     from logs, events
 $$;
 
--- Audit: every insert, update and delete on the DLQ and the settings, with the acting role, the actor named by
--- the wahook.actor setting (the CLI sets it; else the database role), and the row before and after.
+-- Audit: every insert, update and delete on the DLQ and the settings, with the acting role (current_user when the
+-- change happens: an operator's own role for a direct change, the owner inside wahook's functions), the actor
+-- named by the wahook.actor setting (the CLI and the DLQ functions set it; else the login role), and the row
+-- before and after. The trigger runs as the invoker, to see who acts; wahook.audit_write (security definer,
+-- sql/090_security.sql) does the insert, so no role needs to be able to write audit rows itself.
+create or replace function wahook.audit_write(
+  p_db_role text, p_action text, p_table text, p_row_id text, p_before jsonb, p_after jsonb, p_details jsonb default null
+) returns void
+language sql volatile
+as $$
+  insert into wahook.audit_log (actor, db_role, action, table_name, row_id, before, after, details)
+  values (coalesce(nullif(pg_catalog.current_setting('wahook.actor', true), ''), session_user::text),
+          p_db_role, p_action, p_table, p_row_id, p_before, p_after,
+          coalesce(p_details, '{}'::jsonb) || pg_catalog.jsonb_build_object('session_user', session_user::text))
+$$;
+
 create or replace function wahook.audit_row_change() returns trigger
 language plpgsql
 as $$
 begin
-  insert into wahook.audit_log (actor, action, table_name, row_id, before, after)
-  values (
-    coalesce(nullif(pg_catalog.current_setting('wahook.actor', true), ''), session_user),
+  perform wahook.audit_write(
+    current_user::text,
     pg_catalog.lower(tg_op),
     tg_table_schema || '.' || tg_table_name,
     case when tg_op = 'DELETE' then pg_catalog.to_jsonb(old) ->> (tg_argv[0]) else pg_catalog.to_jsonb(new) ->> (tg_argv[0]) end,

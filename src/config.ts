@@ -5,6 +5,9 @@ import path from 'node:path';
 export interface Config {
   /** undefined: use the embedded PostgreSQL under dataDir */
   databaseUrl: string | undefined;
+  /** role-specific connections (wahook_receiver, wahook_worker); undefined: databaseUrl */
+  receiverDatabaseUrl: string | undefined;
+  workerDatabaseUrl: string | undefined;
   port: number;
   host: string;
   appSecrets: string[];
@@ -68,6 +71,8 @@ export function loadConfig(env: NodeJS.ProcessEnv, needs: ConfigNeeds): Config {
   };
 
   const databaseUrl = url('DATABASE_URL', ['postgres:', 'postgresql:']);
+  const receiverDatabaseUrl = url('WAHOOK_RECEIVER_DATABASE_URL', ['postgres:', 'postgresql:']);
+  const workerDatabaseUrl = url('WAHOOK_WORKER_DATABASE_URL', ['postgres:', 'postgresql:']);
   const port = int('PORT', 3000, 0, 65535);
   const secretsRaw = str('WHATSAPP_APP_SECRET');
   const appSecrets = (secretsRaw ?? '').split(',').map((s) => s.trim()).filter((s) => s !== '');
@@ -97,6 +102,8 @@ export function loadConfig(env: NodeJS.ProcessEnv, needs: ConfigNeeds): Config {
   if (problems.length > 0) throw new ConfigError(problems);
   return {
     databaseUrl,
+    receiverDatabaseUrl,
+    workerDatabaseUrl,
     port,
     host: str('HOST') ?? '0.0.0.0',
     appSecrets,

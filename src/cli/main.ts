@@ -12,6 +12,8 @@ import { sign } from '../receiver/signature.ts';
 import { startWorker } from '../worker/runner.ts';
 import { dlqCommand, DlqUsageError, DLQ_USAGE } from './dlq.ts';
 import { simulateCommand, SimulateUsageError, SIMULATE_USAGE } from './simulate.ts';
+import { partitionsCommand, PartitionsUsageError, PARTITIONS_USAGE } from './partitions.ts';
+import { setupRoles, embeddedRoleUrls } from '../db/roles.ts';
 import { echoHandlers } from '../handlers/echo.ts';
 import { GraphApiSimulator } from '../simulator/graphApi.ts';
 
@@ -24,6 +26,9 @@ const USAGE = `usage: wahook <command>
   receiver   run the webhook receiver (needs WHATSAPP_APP_SECRET and WHATSAPP_VERIFY_TOKEN)
   worker     run the worker (graphile-worker: process_wa_event, DLQ processor, maintenance crontab)
   dlq        list | show | replay | discard dead-letter queue entries (wahook dlq --help)
+  partitions status | maintain: monthly partitions, retention, vacuum settings (wahook partitions --help)
+  setup-roles  create wahook_receiver, wahook_worker, wahook_admin, wahook_monitor and apply their grants
+             (a DBA with CREATEROLE; no passwords are set) [--database-url URL]
   simulate   api | traffic: a Graph API stand-in, or signed inbound traffic (wahook simulate --help)
 
 Configuration comes from the environment; see .env.example.`;
@@ -124,8 +129,13 @@ async function cmdStart(log: Logger): Promise<void> {
   };
   try {
     await migrate(db.url, log.child('migrate'));
+    // On the embedded database wahook sets up its roles itself: the receiver and the worker run with least
+    // privilege, as in production. With your own DATABASE_URL, give role URLs (WAHOOK_RECEIVER_DATABASE_URL, …).
+    const roles = config.databaseUrl ? undefined : await embeddedRoleUrls(db.url, config.dataDir);
+    const receiverUrl = config.receiverDatabaseUrl ?? roles?.receiver ?? db.url;
+    const workerUrl = config.workerDatabaseUrl ?? roles?.worker ?? db.url;
     const metrics = makeMetrics();
-    const receiver = await startReceiver({ ...config, databaseUrl: db.url }, log.child('receiver'), { metrics });
+    const receiver = await startReceiver({ ...config, databaseUrl: receiverUrl }, log.child('receiver'), { metrics });
     stops.receiver = () => receiver.close();
     let apiBaseUrl = config.apiBaseUrl;
     if (simulate) {
@@ -137,7 +147,7 @@ async function cmdStart(log: Logger): Promise<void> {
       apiBaseUrl = await sim.start();
       stops.sim = () => sim.stop();
     }
-    const worker = await startWorker({ ...config, apiBaseUrl, databaseUrl: db.url }, log.child('worker'), {
+    const worker = await startWorker({ ...config, apiBaseUrl, databaseUrl: workerUrl }, log.child('worker'), {
       metrics,
       handlers: config.handlersPath ? undefined : echoHandlers,
     });
@@ -152,6 +162,7 @@ wahook is running.
   Health:        ${receiver.url}/healthz   ${receiver.url}/readyz   ${receiver.url}/metrics
   Graph API:     ${simulate ? `${apiBaseUrl} (simulator; set WHATSAPP_API_BASE_URL and WHATSAPP_ACCESS_TOKEN for Meta)` : apiBaseUrl}
   Handlers:      ${config.handlersPath ?? 'built-in echo (answers each text message)'}
+  Roles:         receiver as ${new URL(receiverUrl).username}, worker as ${new URL(workerUrl).username}
 
 Send a signed sample webhook (the worker logs "inbound message" when it has processed it${simulate ? ', then the echo goes\nout through the simulator and its status webhooks come back: "message accepted", "status … read"' : ''}):
 
@@ -184,7 +195,7 @@ async function cmdMigrate(args: string[], log: Logger): Promise<void> {
 async function cmdReceiver(log: Logger): Promise<void> {
   const config = loadConfig(process.env, { receiver: true });
   const db = await database(config, log);
-  const receiver = await startReceiver({ ...config, databaseUrl: db.url }, log.child('receiver'));
+  const receiver = await startReceiver({ ...config, databaseUrl: config.receiverDatabaseUrl ?? db.url }, log.child('receiver'));
   onShutdown(log, async () => {
     await receiver.close();
     await db.stop();
@@ -194,11 +205,45 @@ async function cmdReceiver(log: Logger): Promise<void> {
 async function cmdWorker(log: Logger): Promise<void> {
   const config = loadConfig(process.env, { receiver: false });
   const db = await database(config, log);
-  const worker = await startWorker({ ...config, databaseUrl: db.url }, log.child('worker'), { metrics: makeMetrics() });
+  const worker = await startWorker({ ...config, databaseUrl: config.workerDatabaseUrl ?? db.url }, log.child('worker'), {
+    metrics: makeMetrics(),
+  });
   onShutdown(log, async () => {
     await worker.stop();
     await db.stop();
   });
+}
+
+async function cmdPartitions(args: string[], log: Logger): Promise<void> {
+  if (args.length === 0 || args[0] === '--help' || args[0] === 'help') {
+    process.stdout.write(PARTITIONS_USAGE + '\n');
+    return;
+  }
+  const config = loadConfig(process.env, { receiver: false });
+  const db = await database(config, log);
+  try {
+    await partitionsCommand(args, db.url, (s) => process.stdout.write(s + '\n'));
+  } finally {
+    await db.stop();
+  }
+}
+
+async function cmdSetupRoles(args: string[], log: Logger): Promise<void> {
+  const url = flag(args, '--database-url');
+  const config = loadConfig(url ? { ...process.env, DATABASE_URL: url } : process.env, { receiver: false });
+  const db = await database(config, log);
+  try {
+    const created = await setupRoles(db.url);
+    process.stdout.write(
+      (created.length ? `created roles: ${created.join(', ')}\n` : 'the four wahook roles exist already\n') +
+        `grants and row-level security policies applied.\n\n` +
+        `Next: give the roles a way to log in (a password, or certificates), e.g.\n` +
+        `  alter role wahook_receiver password '…';  alter role wahook_worker password '…';\n` +
+        `and run the receiver with WAHOOK_RECEIVER_DATABASE_URL, the worker with WAHOOK_WORKER_DATABASE_URL.\n`,
+    );
+  } finally {
+    await db.stop();
+  }
 }
 
 async function cmdDlq(args: string[], log: Logger): Promise<void> {
@@ -228,6 +273,10 @@ export async function main(argv: string[]): Promise<void> {
         return await cmdReceiver(log);
       case 'worker':
         return await cmdWorker(log);
+      case 'partitions':
+        return await cmdPartitions(args, makeLogger('wahook', { ...process.env, WAHOOK_LOG_LEVEL: process.env.WAHOOK_LOG_LEVEL ?? 'warn' }));
+      case 'setup-roles':
+        return await cmdSetupRoles(args, log);
       case 'simulate':
         return await simulateCommand(args, process.env, log);
       case 'dlq':
@@ -242,11 +291,15 @@ export async function main(argv: string[]): Promise<void> {
         throw new UsageError(`unknown command "${command}"`);
     }
   } catch (err) {
-    if (err instanceof ConfigError || err instanceof UsageError || err instanceof DlqUsageError || err instanceof SimulateUsageError) {
+    if (
+      err instanceof ConfigError || err instanceof UsageError || err instanceof DlqUsageError ||
+      err instanceof SimulateUsageError || err instanceof PartitionsUsageError
+    ) {
       process.stderr.write(`wahook: ${err.message}\n`);
       if (err instanceof UsageError) process.stderr.write(USAGE + '\n');
       if (err instanceof DlqUsageError) process.stderr.write(DLQ_USAGE + '\n');
       if (err instanceof SimulateUsageError) process.stderr.write(SIMULATE_USAGE + '\n');
+      if (err instanceof PartitionsUsageError) process.stderr.write(PARTITIONS_USAGE + '\n');
       process.exit(2);
     }
     const code = (err as { code?: string }).code;

@@ -1,5 +1,5 @@
 // `wahook migrate`: graphile-worker's schema, then our committed graphile-migrate migrations, then the
-// idempotent code in sql/ (functions, views), then this month's and next month's partitions.
+// idempotent code in sql/ (functions, views), then partition maintenance (wahook.maintain_partitions).
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -75,7 +75,26 @@ export async function migrate(url: string, log: Logger, steps: MigrateStep[] = A
   }
   if (steps.includes('sql')) await applySqlFiles(url, log);
   if (steps.includes('partitions')) {
-    const created = await withClient(url, (c) => c.query<{ p: string }>('select p from wahook.ensure_partitions() as p'));
-    for (const row of created.rows) log.info('created partition', { partition: row.p });
+    // The same maintenance as the daily task: partitions for this month and partition_config.premake months
+    // ahead, rows moved out of the default partitions, autovacuum settings, retention, dedupe-key purge.
+    const r = await withClient(url, (c) =>
+      c.query<{ parent: string | null; partition: string | null; action: string; rows: string | null; detail: string | null }>(
+        'select * from wahook.maintain_partitions()',
+      ),
+    );
+    for (const a of r.rows) {
+      if (a.action === 'created' || a.action === 'dropped' || a.action === 'moved') {
+        log.info(`${a.action} partition`, a.rows === null ? { partition: a.partition } : { partition: a.partition, rows: a.rows });
+      } else if (a.action === 'kept' || a.action === 'expired_in_default' || a.action.startsWith('skipped')) {
+        log.warn(`partition maintenance: ${a.action}`, a.partition === null ? { detail: a.detail } : { partition: a.partition, detail: a.detail });
+      }
+    }
+    const errors = r.rows.filter((a) => a.action === 'error');
+    if (errors.length > 0) {
+      throw new Error(
+        'partition maintenance failed (recorded in wahook.maintenance_log): ' +
+          errors.map((e) => `${e.parent ?? ''}${e.partition ? ` ${e.partition}` : ''}: ${e.detail}`).join('; '),
+      );
+    }
   }
 }

@@ -45,10 +45,9 @@ function installHealth(app: Express, deps: ReceiverDeps): void {
       return;
     }
     try {
-      const r = await deps.pool.query<{ applied: number }>(
-        `select count(*)::int as applied from graphile_migrate.migrations where hash = any($1::text[])`,
-        [deps.requiredMigrations],
-      );
+      const r = await deps.pool.query<{ applied: number }>('select wahook.schema_ready($1::text[]) as applied', [
+        deps.requiredMigrations,
+      ]);
       const applied = r.rows[0]?.applied ?? 0;
       if (applied < deps.requiredMigrations.length) {
         res.status(503).json({ status: 'migrations_pending', applied, required: deps.requiredMigrations.length });

@@ -49,10 +49,19 @@ export default async function setup(project: TestProject) {
   await c.end();
   process.stdout.write(`wahook tests: PostgreSQL ${version} (${embedded ? 'embedded' : 'from TEST_DATABASE_URL/DATABASE_URL'})\n`);
 
+  // The four wahook roles are cluster-wide: make them once (as `wahook setup-roles` does), so the template
+  // database gets its grants and policies and the security tests can switch to them.
+  await adminQuery(adminUrl, `do $$ declare r text; begin
+    foreach r in array array['wahook_receiver', 'wahook_worker', 'wahook_admin', 'wahook_monitor'] loop
+      if not exists (select from pg_roles where rolname = r) then execute format('create role %I login', r); end if;
+    end loop; end $$`);
+
   const templateDb = `wahook_tpl_${process.pid}`;
   await adminQuery(adminUrl, `drop database if exists ${templateDb} with (force)`);
   await adminQuery(adminUrl, `create database ${templateDb}`);
   await migrate(withDatabase(adminUrl, templateDb), log);
+  // as `wahook setup-roles` does: role settings, then grants and policies for the roles
+  await adminQuery(withDatabase(adminUrl, templateDb), 'select * from wahook.setup_roles()');
   project.provide('adminUrl', adminUrl);
   project.provide('templateDb', templateDb);
 
