@@ -54,6 +54,27 @@ describe('wahook start', () => {
   });
 });
 
+describe('operator commands', () => {
+  it('dlq, partitions and setup-roles run as commands, and bad input exits 2 naming the problem', async () => {
+    const env = childEnv({ DATABASE_URL: db.url, WAHOOK_ACTOR: 'ci' });
+    const list = spawnWahook(['dlq', 'list'], env);
+    expect(await list.exited).toEqual({ code: 0, signal: null });
+    expect(list.output()).toContain('no DLQ entries match');
+    const status = spawnWahook(['partitions', 'status'], env);
+    expect(await status.exited).toEqual({ code: 0, signal: null });
+    expect(status.output()).toMatch(/wahook\.wa_events_p\d{6}/);
+    const roles = spawnWahook(['setup-roles'], env);
+    expect(await roles.exited).toEqual({ code: 0, signal: null });
+    expect(roles.output()).toContain('the four wahook roles exist already');
+    const bad = spawnWahook(['dlq', 'discard', '1'], env);
+    expect((await bad.exited).code).toBe(2);
+    expect(bad.output()).toContain('wahook: discard needs --reason');
+    const unknown = spawnWahook(['dlq', 'replay', 'abc'], env);
+    expect((await unknown.exited).code).toBe(2);
+    expect(unknown.output()).toContain('not a DLQ entry id: abc');
+  });
+});
+
 describe('wahook receiver on SIGTERM', () => {
   it('stops accepting, finishes the request in flight (stored, 200), and exits 0', async () => {
     const port = await freePort();

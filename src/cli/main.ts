@@ -214,15 +214,21 @@ async function cmdWorker(log: Logger): Promise<void> {
   });
 }
 
-async function cmdPartitions(args: string[], log: Logger): Promise<void> {
+/** An operator command on the database (DATABASE_URL: the owner, or a wahook_admin login). */
+async function dbCommand(
+  args: string[],
+  usage: string,
+  log: Logger,
+  run: (url: string, out: (line: string) => void) => Promise<void>,
+): Promise<void> {
   if (args.length === 0 || args[0] === '--help' || args[0] === 'help') {
-    process.stdout.write(PARTITIONS_USAGE + '\n');
+    process.stdout.write(usage + '\n');
     return;
   }
   const config = loadConfig(process.env, { receiver: false });
   const db = await database(config, log);
   try {
-    await partitionsCommand(args, db.url, (s) => process.stdout.write(s + '\n'));
+    await run(db.url, (line) => process.stdout.write(line + '\n'));
   } finally {
     await db.stop();
   }
@@ -246,23 +252,11 @@ async function cmdSetupRoles(args: string[], log: Logger): Promise<void> {
   }
 }
 
-async function cmdDlq(args: string[], log: Logger): Promise<void> {
-  if (args.length === 0 || args[0] === '--help' || args[0] === 'help') {
-    process.stdout.write(DLQ_USAGE + '\n');
-    return;
-  }
-  const config = loadConfig(process.env, { receiver: false });
-  const db = await database(config, log);
-  try {
-    await dlqCommand(args, db.url, process.env, (s) => process.stdout.write(s + '\n'));
-  } finally {
-    await db.stop();
-  }
-}
-
 export async function main(argv: string[]): Promise<void> {
   const [command, ...args] = argv;
   const log = makeLogger();
+  // operator commands print tables: only warnings and errors in the log
+  const quiet = () => makeLogger('wahook', { ...process.env, WAHOOK_LOG_LEVEL: process.env.WAHOOK_LOG_LEVEL ?? 'warn' });
   try {
     switch (command) {
       case 'start':
@@ -274,13 +268,13 @@ export async function main(argv: string[]): Promise<void> {
       case 'worker':
         return await cmdWorker(log);
       case 'partitions':
-        return await cmdPartitions(args, makeLogger('wahook', { ...process.env, WAHOOK_LOG_LEVEL: process.env.WAHOOK_LOG_LEVEL ?? 'warn' }));
+        return await dbCommand(args, PARTITIONS_USAGE, quiet(), (url, out) => partitionsCommand(args, url, out));
       case 'setup-roles':
         return await cmdSetupRoles(args, log);
       case 'simulate':
         return await simulateCommand(args, process.env, log);
       case 'dlq':
-        return await cmdDlq(args, makeLogger('wahook', { ...process.env, WAHOOK_LOG_LEVEL: process.env.WAHOOK_LOG_LEVEL ?? 'warn' }));
+        return await dbCommand(args, DLQ_USAGE, quiet(), (url, out) => dlqCommand(args, url, process.env, out));
       case undefined:
       case 'help':
       case '--help':
