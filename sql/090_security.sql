@@ -80,6 +80,8 @@ as $$
     ('wahook.maintain_partitions(timestamptz)', array['wahook_worker', 'wahook_admin']),
     ('wahook.purge_dedupe_keys(integer)', array['wahook_worker', 'wahook_admin']),
     ('wahook.partition_status()', array['wahook_admin']),
+    ('wahook.purge_operational_logs(timestamptz, integer)', array['wahook_worker', 'wahook_admin']),
+    ('wahook.gc_job_queues()', array['wahook_worker', 'wahook_admin']),
     ('wahook.dlq_replay(bigint[], text, boolean)', array['wahook_admin']),
     ('wahook.dlq_replay_where(text, text, text, interval, text, boolean)', array['wahook_admin']),
     ('wahook.dlq_discard(bigint[], text, text)', array['wahook_admin']),

@@ -3,6 +3,7 @@
 // retention and purges old dedupe keys, all in one transaction that records itself in wahook.maintenance_log.
 // A failed step is recorded there (and in wahook.partition_config.last_error) and committed; this task then
 // throws, so graphile-worker retries it with backoff and the failure shows in the job's last_error.
+// Then housekeeping (sql/080_housekeeping.sql): operational logs past their retention, unused job queues.
 import type { JobHelpers, Task } from 'graphile-worker';
 import type { Logger } from '../src/log.ts';
 
@@ -43,6 +44,15 @@ export function makeWahookMaintenance(deps: { log: Logger }): Task {
       partitions_kept: count('kept'),
       dedupe_keys_purged: sum('purged'),
       errors: count('error'),
+    });
+    // Then housekeeping: operational logs past their retention, unused graphile-worker queues.
+    const purged = await helpers.withPgClient((client) =>
+      client.query<{ table_name: string; deleted: string }>('select * from wahook.purge_operational_logs()'),
+    );
+    const queues = await helpers.withPgClient((client) => client.query<{ n: string }>('select wahook.gc_job_queues() as n'));
+    deps.log.info('housekeeping done', {
+      ...Object.fromEntries(purged.rows.map((r) => [`${r.table_name.replace('wahook.', '')}_deleted`, Number(r.deleted)])),
+      job_queues_removed: Number(queues.rows[0]?.n ?? 0),
     });
     const errors = actions.filter((a) => a.action === 'error');
     if (errors.length > 0) {
