@@ -2,31 +2,6 @@
 -- The worker claims an event (visible as 'processing'), then in one transaction applies the built-in effect,
 -- runs the user's handler and marks it done; on failure wahook.job_failed (050_jobs.sql) records the outcome.
 
-create or replace function wahook.claim_event(p_id bigint, p_at timestamptz)
-returns setof wahook.wa_events
-language sql volatile
-as $$
-  update wahook.wa_events
-     set state = 'processing', attempts = attempts + 1, updated_at = pg_catalog.now()
-   where id = p_id and received_at = p_at and state not in ('done', 'discarded')
-  returning *
-$$;
-
-
-create or replace function wahook.complete_event(p_id bigint, p_at timestamptz)
-returns boolean
-language sql volatile
-as $$
-  with done as (
-    update wahook.wa_events
-       set state = 'done', processed_at = pg_catalog.now(), updated_at = pg_catalog.now(), last_error = null,
-           next_attempt_at = null
-     where id = p_id and received_at = p_at
-    returning 1
-  )
-  select exists (select from done)
-$$;
-
 -- Conversation order: an inbound message waits while an earlier message of its conversation (same phone number
 -- and customer, lower event id) is unfinished. Returns when to look again (the earliest next attempt among those
 -- blockers, else in 5 seconds), or null when nothing blocks it. Dead-lettered and discarded messages do not block:
@@ -48,6 +23,42 @@ as $$
      and b.received_at >= e.received_at - interval '31 days'
      and b.state in ('pending', 'processing', 'retrying')
    where e.id = p_id and e.received_at = p_at and e.kind = 'message'
+$$;
+
+
+-- Claim an event for an attempt: 'processing', attempts + 1 (a done or discarded event returns no row, so a
+-- redelivered job is harmless). wait_until is set when an earlier message of the same conversation is unfinished:
+-- the attempt must then wait (wahook.job_failed with class 'wait' gives the attempt back). One round trip.
+create or replace function wahook.claim_event(p_id bigint, p_at timestamptz)
+returns table (
+  id bigint, received_at timestamptz, kind text, field text, waba_id text, phone_number_id text, wa_id text,
+  wamid text, meta_ts timestamptz, payload jsonb, contact jsonb, attempts integer, wait_until timestamptz
+)
+language sql volatile
+as $$
+  with claimed as (
+    update wahook.wa_events as e
+       set state = 'processing', attempts = e.attempts + 1, updated_at = pg_catalog.now()
+     where e.id = p_id and e.received_at = p_at and e.state not in ('done', 'discarded')
+    returning e.*
+  )
+  select c.id, c.received_at, c.kind, c.field, c.waba_id, c.phone_number_id, c.wa_id, c.wamid, c.meta_ts,
+         c.payload, c.contact, c.attempts, wahook.conversation_blocker(c.id, c.received_at)
+    from claimed as c
+$$;
+
+create or replace function wahook.complete_event(p_id bigint, p_at timestamptz)
+returns boolean
+language sql volatile
+as $$
+  with done as (
+    update wahook.wa_events
+       set state = 'done', processed_at = pg_catalog.now(), updated_at = pg_catalog.now(), last_error = null,
+           next_attempt_at = null
+     where id = p_id and received_at = p_at
+    returning 1
+  )
+  select exists (select from done)
 $$;
 
 -- Delivery states of an outbound message only move forward: queued < accepted (the Graph API took it) < sent <

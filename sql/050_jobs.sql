@@ -44,6 +44,24 @@ as $$
   select 1463895883  -- 'WAHK'
 $$;
 
+-- Start an attempt of job p_job_id on this connection: take the job's session advisory lock (held until
+-- wahook.end_attempt; the sweeper reads a free lock on a locked job as a dead worker), then check the job is
+-- still there: the sweeper may have moved it while this waited for the lock (a new statement, a new snapshot).
+create or replace function wahook.begin_attempt(p_job_id bigint) returns boolean
+language plpgsql volatile
+as $$
+begin
+  perform pg_catalog.pg_advisory_lock(wahook.job_lock_class(), wahook.job_lock_key(p_job_id));
+  return exists (select from graphile_worker._private_jobs as j where j.id = p_job_id);
+end;
+$$;
+
+create or replace function wahook.end_attempt(p_job_id bigint) returns boolean
+language sql volatile
+as $$
+  select pg_catalog.pg_advisory_unlock(wahook.job_lock_class(), wahook.job_lock_key(p_job_id))
+$$;
+
 -- Put a job back in the queue to run at p_run_at with p_attempts attempts spent: delete the row, free its named
 -- queue, add a new row with the same task, payload, queue and budget. Returns the new job's id.
 drop function if exists wahook.requeue_job(bigint, timestamptz, integer, text);

@@ -62,7 +62,8 @@ as $$
     ('wahook.ingest(bytea[], smallint[], text[])', array['wahook_receiver']),
     ('wahook.schema_ready(text[])', array['wahook_receiver', 'wahook_worker', 'wahook_admin', 'wahook_monitor']),
     ('wahook.claim_event(bigint, timestamptz)', array['wahook_worker']),
-    ('wahook.conversation_blocker(bigint, timestamptz)', array['wahook_worker']),
+    ('wahook.begin_attempt(bigint)', array['wahook_worker']),
+    ('wahook.end_attempt(bigint)', array['wahook_worker']),
     ('wahook.apply_event(bigint, timestamptz)', array['wahook_worker']),
     ('wahook.complete_event(bigint, timestamptz)', array['wahook_worker']),
     ('wahook.job_failed(bigint, text, text, text, interval, timestamptz)', array['wahook_worker']),
@@ -76,7 +77,6 @@ as $$
     ('wahook.record_send_failure(bigint, integer, integer, text, integer, boolean, timestamptz)', array['wahook_worker']),
     ('wahook.send_not_attempted(bigint)', array['wahook_worker']),
     ('wahook.open_breaker(text, timestamptz, text)', array['wahook_worker', 'wahook_admin']),
-    ('wahook.ensure_partitions(integer)', array['wahook_worker', 'wahook_admin']),
     ('wahook.maintain_partitions(timestamptz)', array['wahook_worker', 'wahook_admin']),
     ('wahook.purge_dedupe_keys(integer)', array['wahook_worker', 'wahook_admin']),
     ('wahook.partition_status()', array['wahook_admin']),
@@ -156,8 +156,7 @@ begin
       execute pg_catalog.format('revoke all on all functions in schema wahook from %I', v_role);
       foreach r in array array['wahook.jsonb_array(jsonb)', 'wahook.epoch_to_timestamptz(text)', 'wahook.sha256_hex(text)',
                                 'wahook.status_rank(text)', 'wahook.status_supersedes(text, text)',
-                                'wahook.graph_error_class(integer, integer)', 'wahook.job_lock_class()',
-                                'wahook.job_lock_key(bigint)', 'wahook.setting(text, jsonb)',
+                                'wahook.graph_error_class(integer, integer)', 'wahook.setting(text, jsonb)',
                                 'wahook.setting_interval(text, interval)', 'wahook.max_attempts(text)'] loop
         if pg_catalog.to_regprocedure(r) is not null then
           execute pg_catalog.format('grant execute on function %s to %I', pg_catalog.to_regprocedure(r), v_role);

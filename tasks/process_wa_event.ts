@@ -1,9 +1,9 @@
 // Task process_wa_event: one notification. Payload {id, at} names a wahook.wa_events row (plus dlq_id when the
 // job is an automatic retry of a DLQ entry).
 // 1. claim it (visible as 'processing', attempts + 1; a done event is skipped, so a redelivered job is harmless);
-// 2. an inbound message whose conversation has an unfinished earlier message waits (no attempt spent);
-// 3. in one transaction: the built-in effect (wahook.apply_event), the user's handler, mark done;
-// 4. a thrown error is classified and recorded by runAttempt: retry with backoff, wait, or the DLQ.
+//    an inbound message whose conversation has an unfinished earlier message waits (no attempt spent);
+// 2. in one transaction: the built-in effect (wahook.apply_event), the user's handler, mark done;
+// 3. a thrown error is classified and recorded by runAttempt: retry with backoff, wait, or the DLQ.
 import type { JobHelpers, Task } from 'graphile-worker';
 import { PermanentError, RetryLaterError } from '../src/errors.ts';
 import type { Logger } from '../src/log.ts';
@@ -29,7 +29,7 @@ export function assertProcessWaEventPayload(payload: unknown): asserts payload i
   }
 }
 
-interface EventRow {
+interface ClaimedRow {
   id: string;
   received_at: Date;
   kind: WaEvent['kind'];
@@ -42,6 +42,8 @@ interface EventRow {
   payload: Record<string, unknown>;
   contact: WaEvent['contact'];
   attempts: number;
+  /** set when an earlier message of the conversation is unfinished */
+  wait_until: Date | null;
 }
 
 export function makeProcessWaEvent(deps: { handlers: Handlers; log: Logger; metrics?: Metrics }): Task {
@@ -51,7 +53,7 @@ export function makeProcessWaEvent(deps: { handlers: Handlers; log: Logger; metr
     const dlqId = payload.dlq_id === undefined ? null : String(payload.dlq_id);
     let kind = 'unknown';
     await runAttempt(helpers, deps.log, async (client) => {
-      const claimed = await client.query<EventRow>('select * from wahook.claim_event($1::bigint, $2::timestamptz)', [id, at]);
+      const claimed = await client.query<ClaimedRow>('select * from wahook.claim_event($1::bigint, $2::timestamptz)', [id, at]);
       const row = claimed.rows[0];
       if (!row) {
         deps.metrics?.eventsProcessed.inc({ kind, outcome: 'skipped' });
@@ -59,9 +61,7 @@ export function makeProcessWaEvent(deps: { handlers: Handlers; log: Logger; metr
         return;
       }
       kind = row.kind;
-      const blocked = await client.query<{ until: Date | null }>(
-        'select wahook.conversation_blocker($1::bigint, $2::timestamptz) as until', [id, at]);
-      const until = blocked.rows[0]?.until;
+      const until = row.wait_until;
       if (until) {
         deps.metrics?.eventsProcessed.inc({ kind, outcome: 'waiting' });
         throw new RetryLaterError('waiting for an earlier message of this conversation', Math.max(100, until.getTime() - Date.now()), 'CONVERSATION_ORDER');

@@ -36,11 +36,10 @@ export async function runAttempt(
 ): Promise<void> {
   const jobId = String(helpers.job.id);
   await helpers.withPgClient(async (client) => {
-    await client.query('select pg_catalog.pg_advisory_lock(wahook.job_lock_class(), wahook.job_lock_key($1::bigint))', [jobId]);
+    const begun = await client.query<{ mine: boolean }>('select wahook.begin_attempt($1::bigint) as mine', [jobId]);
     try {
       // The sweeper may have taken this job for a crashed one before we got the lock: then it is not ours to run.
-      const mine = await client.query('select 1 from graphile_worker._private_jobs where id = $1::bigint', [jobId]);
-      if (mine.rowCount === 0) {
+      if (!begun.rows[0]!.mine) {
         log.warn('job was moved by the sweeper before it started; skipping', { job: jobId, ...describe });
         return;
       }
@@ -73,9 +72,7 @@ export async function runAttempt(
       if (outcome.outcome === 'wait' || outcome.outcome === 'retry') log.warn('attempt failed', fields);
       else log.error('attempt failed; in the dead-letter queue', fields);
     } finally {
-      await client
-        .query('select pg_catalog.pg_advisory_unlock(wahook.job_lock_class(), wahook.job_lock_key($1::bigint))', [jobId])
-        .catch(() => undefined);
+      await client.query('select wahook.end_attempt($1::bigint)', [jobId]).catch(() => undefined);
     }
   });
 }
