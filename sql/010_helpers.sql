@@ -34,6 +34,34 @@ exception when others then
 end;
 $$;
 
+-- Delete the rows of a plain (not partitioned) table whose p_column is before p_cutoff, p_batch rows per statement
+-- (short locks, bounded WAL bursts), and return how many went. Used for every time-based purge; partitioned tables
+-- drop whole partitions instead (ctid is only unique within one table).
+create or replace function wahook.delete_older_than(
+  p_table regclass, p_column text, p_cutoff timestamptz, p_batch integer default 10000
+) returns bigint
+language plpgsql volatile
+as $$
+declare
+  v_total bigint := 0;
+  v_n bigint;
+begin
+  if (select c.relkind from pg_catalog.pg_class as c where c.oid = p_table) <> 'r' then
+    raise exception using errcode = 'WH013',
+      message = pg_catalog.format('wahook.delete_older_than: %s is not a plain table', p_table);
+  end if;
+  loop
+    execute pg_catalog.format(
+      'delete from %s where ctid = any (array(select ctid from %s where %I < $1 limit $2))', p_table, p_table, p_column)
+      using p_cutoff, p_batch;
+    get diagnostics v_n = row_count;
+    v_total := v_total + v_n;
+    exit when v_n < p_batch;
+  end loop;
+  return v_total;
+end;
+$$;
+
 -- Run-time settings (wahook.settings), with the built-in default when a key is absent.
 create or replace function wahook.setting(p_key text, p_default jsonb) returns jsonb
 language sql stable parallel safe

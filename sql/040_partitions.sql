@@ -252,14 +252,6 @@ begin
 end;
 $$;
 
--- Kept for its callers: true when the partition was created.
-create or replace function wahook.create_month_partition(p_parent regclass, p_month date)
-returns boolean
-language sql volatile
-as $$
-  select m.created from wahook.make_month_partition(p_parent, p_month) as m
-$$;
-
 -- Rows of a partition that must not disappear with it: events not yet done or discarded (pending, processing,
 -- retrying, and dead ones still waiting in the DLQ). Retention keeps such a partition and says so. Other tables
 -- have none. Uses wa_events_open_idx (state <> 'done').
@@ -544,62 +536,15 @@ $$;
 comment on function wahook.maintain_partitions(timestamptz) is
   'Partition maintenance for every table in wahook.partition_config: premake, move rows out of the default partition, storage parameters, retention; plus the dedupe-key purge. One row per action; never raises (see the error rows, partition_config.last_error and wahook.maintenance_log).';
 
--- The old entry point (`wahook migrate` called it before maintain_partitions existed): runs the maintenance and
--- returns the partitions it created. p_months_ahead: at least this many months ahead exist afterwards, even where
--- partition_config.premake is smaller. Unlike maintain_partitions it raises (WH012) when a step failed.
-create or replace function wahook.ensure_partitions(p_months_ahead integer default 1)
-returns setof text
-language plpgsql volatile
-as $$
-declare
-  v_row record;
-  v_cfg wahook.partition_config;
-  v_made record;
-  v_error text;
-begin
-  for v_row in select * from wahook.maintain_partitions() loop
-    if v_row.action = 'created' then
-      return next v_row.partition;
-    elsif v_row.action = 'error' and v_error is null then
-      v_error := v_row.parent || coalesce(' ' || v_row.partition, '') || ': ' || v_row.detail;
-    end if;
-  end loop;
-  if v_error is not null then
-    raise exception using errcode = 'WH012', message = 'partition maintenance failed: ' || v_error;
-  end if;
-  for v_cfg in select * from wahook.partition_config as pc where pc.premake < p_months_ahead order by pc.parent loop
-    for i in v_cfg.premake + 1 .. p_months_ahead loop
-      v_made := wahook.make_month_partition(pg_catalog.to_regclass(v_cfg.parent),
-        (pg_catalog.date_trunc('month', pg_catalog.now() at time zone 'UTC') + pg_catalog.make_interval(months => i))::date);
-      if v_made.created then
-        return next v_made.partition;
-      end if;
-    end loop;
-  end loop;
-end;
-$$;
-
 -- Dedupe keys older than the retention (default 8 days: Meta's 7-day retry window plus a day) are removed in
 -- bounded batches (each DELETE touches at most p_batch rows; all batches share the caller's transaction).
 -- Returns how many were removed. Not a partition drop: see docs/DATABASE.md.
 create or replace function wahook.purge_dedupe_keys(p_batch integer default 10000)
 returns bigint
-language plpgsql volatile
+language sql volatile
 as $$
-declare
-  v_cutoff timestamptz := pg_catalog.now() - (wahook.setting('dedupe.retention', '"8 days"') #>> '{}')::interval;
-  v_total bigint := 0;
-  v_n bigint;
-begin
-  loop
-    delete from wahook.dedupe_keys
-     where key in (select d.key from wahook.dedupe_keys as d where d.first_seen_at < v_cutoff limit p_batch);
-    get diagnostics v_n = row_count;
-    v_total := v_total + v_n;
-    exit when v_n < p_batch;
-  end loop;
-  return v_total;
-end;
+  select wahook.delete_older_than('wahook.dedupe_keys', 'first_seen_at',
+    pg_catalog.now() - (wahook.setting('dedupe.retention', '"8 days"') #>> '{}')::interval, p_batch)
 $$;
 
 -- Every partition of every configured table: bounds, size, rows (estimated from the planner statistics; counted

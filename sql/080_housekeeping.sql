@@ -9,8 +9,7 @@ insert into wahook.settings (key, value, description) values
   ('retention.closed_dlq_entries', '"90 days"', 'How long resolved, replayed and discarded DLQ entries are kept (open ones stay until handled).')
 on conflict (key) do nothing;
 
--- Delete rows past their retention in bounded batches (short transactions' worth of locks each).
--- Returns, per table, how many rows went.
+-- Delete rows past their retention in bounded batches. Returns, per table, how many rows went.
 create or replace function wahook.purge_operational_logs(p_now timestamptz default pg_catalog.now(), p_batch integer default 10000)
 returns table (table_name text, deleted bigint)
 language plpgsql volatile
@@ -18,41 +17,13 @@ as $$
 declare
   v_n bigint;
 begin
-  table_name := 'wahook.audit_log';
-  deleted := 0;
-  loop
-    delete from wahook.audit_log where id in (
-      select a.id from wahook.audit_log as a
-       where a.at < p_now - wahook.setting_interval('retention.audit_log', interval '400 days') limit p_batch);
-    get diagnostics v_n = row_count;
-    deleted := deleted + v_n;
-    exit when v_n < p_batch;
-  end loop;
-  return next;
-
-  table_name := 'wahook.dlq_processing_log';
-  deleted := 0;
-  loop
-    delete from wahook.dlq_processing_log where id in (
-      select l.id from wahook.dlq_processing_log as l
-       where l.started_at < p_now - wahook.setting_interval('retention.dlq_processing_log', interval '90 days') limit p_batch);
-    get diagnostics v_n = row_count;
-    deleted := deleted + v_n;
-    exit when v_n < p_batch;
-  end loop;
-  return next;
-
-  table_name := 'wahook.maintenance_log';
-  deleted := 0;
-  loop
-    delete from wahook.maintenance_log where id in (
-      select l.id from wahook.maintenance_log as l
-       where l.started_at < p_now - wahook.setting_interval('retention.maintenance_log', interval '90 days') limit p_batch);
-    get diagnostics v_n = row_count;
-    deleted := deleted + v_n;
-    exit when v_n < p_batch;
-  end loop;
-  return next;
+  return query
+  select t.name::text, wahook.delete_older_than(t.name, t.col, p_now - wahook.setting_interval(t.setting, t.fallback), p_batch)
+    from (values ('wahook.audit_log'::regclass, 'at', 'retention.audit_log', interval '400 days', 1),
+                 ('wahook.dlq_processing_log'::regclass, 'started_at', 'retention.dlq_processing_log', interval '90 days', 2),
+                 ('wahook.maintenance_log'::regclass, 'started_at', 'retention.maintenance_log', interval '90 days', 3))
+         as t(name, col, setting, fallback, ord)
+   order by t.ord;
 
   -- Closed DLQ entries only; their deletion is audited like every DLQ change. Entries another entry replays
   -- (replay_of) go with the newest of their chain, so the reference never dangles.

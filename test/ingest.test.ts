@@ -90,35 +90,3 @@ describe('wahook.ingest', () => {
     ).rejects.toMatchObject({ code: 'WH001' });
   });
 });
-
-describe('partitions', () => {
-  it('has this month and next month, and ensure_partitions is idempotent', async () => {
-    const first = await db.pool.query('select p from wahook.ensure_partitions() as p');
-    expect(first.rows).toEqual([]); // migrate already made them
-    const parts = await db.pool.query(
-      `select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid
-        where i.inhparent = 'wahook.wa_events'::regclass order by 1`,
-    );
-    const now = new Date();
-    const ym = (d: Date) => `${d.getUTCFullYear()}${String(d.getUTCMonth() + 1).padStart(2, '0')}`;
-    const next = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1));
-    expect(parts.rows.map((r) => r.relname)).toEqual(
-      expect.arrayContaining(['wa_events_default', `wa_events_p${ym(now)}`, `wa_events_p${ym(next)}`]),
-    );
-  });
-
-  it('moves rows that landed in the default partition into the new partition', async () => {
-    await db.pool.query(
-      `insert into wahook.wa_events (received_at, log_id, kind, field, dedupe_key, payload)
-       values ('2031-03-15T12:00:00Z', 1, 'other', 'x', 'o:future', '{}')`,
-    );
-    const before = await db.pool.query(`select tableoid::regclass::text as t from wahook.wa_events where dedupe_key = 'o:future'`);
-    expect(before.rows[0].t).toBe('wahook.wa_events_default');
-    const created = await db.pool.query(`select wahook.create_month_partition('wahook.wa_events', '2031-03-01') as c`);
-    expect(created.rows[0].c).toBe(true);
-    const after = await db.pool.query(`select tableoid::regclass::text as t from wahook.wa_events where dedupe_key = 'o:future'`);
-    expect(after.rows[0].t).toBe('wahook.wa_events_p203103');
-    const again = await db.pool.query(`select wahook.create_month_partition('wahook.wa_events', '2031-03-20') as c`);
-    expect(again.rows[0].c).toBe(false);
-  });
-});

@@ -164,10 +164,10 @@ describe('retention', () => {
     expect(named(past, 'created', 'wahook.wa_events')).toEqual([-12, -11, -10, -9].map((i) => `wahook.wa_events_p${month(i).key}`));
     expect(named(past, 'dropped')).toEqual([]);
     for (const i of [-8, -7, -6]) {
-      await db.pool.query(`select wahook.create_month_partition('wahook.wa_events', $1::date)`, [month(i).start.slice(0, 10)]);
+      await db.pool.query(`select wahook.make_month_partition('wahook.wa_events', $1::date)`, [month(i).start.slice(0, 10)]);
     }
     for (const i of [-4, -3, -2]) {
-      await db.pool.query(`select wahook.create_month_partition('wahook.webhook_logs', $1::date)`, [month(i).start.slice(0, 10)]);
+      await db.pool.query(`select wahook.make_month_partition('wahook.webhook_logs', $1::date)`, [month(i).start.slice(0, 10)]);
     }
     await insertEvent(db.pool, midMonth(-7), 'o:done-7', 'done');
     await insertEvent(db.pool, midMonth(-8), 'o:pending-8', 'pending');
@@ -212,7 +212,7 @@ describe('retention', () => {
   it('a retention of null keeps everything', async () => {
     const db = await freshDb();
     await db.pool.query(`update wahook.partition_config set retention = null where parent = 'wahook.webhook_logs'`);
-    await db.pool.query(`select wahook.create_month_partition('wahook.webhook_logs', $1::date)`, [month(-30).start.slice(0, 10)]);
+    await db.pool.query(`select wahook.make_month_partition('wahook.webhook_logs', $1::date)`, [month(-30).start.slice(0, 10)]);
     const actions = await maintain(db.pool);
     expect(named(actions, 'dropped')).toEqual([]);
     expect(await partitionsOf(db.pool, 'wahook.webhook_logs')).toContain(`webhook_logs_p${month(-30).key}`);
@@ -338,7 +338,7 @@ describe('autovacuum settings', () => {
     // the partitioned parents carry none (PostgreSQL refuses them there)
     expect(await reloptions(db.pool, 'wahook.wa_events')).toEqual([]);
     // a partition made directly, outside a maintenance run, gets them when it is created
-    await db.pool.query(`select wahook.create_month_partition('wahook.webhook_logs', $1::date)`, [month(8).start.slice(0, 10)]);
+    await db.pool.query(`select wahook.make_month_partition('wahook.webhook_logs', $1::date)`, [month(8).start.slice(0, 10)]);
     expect((await reloptions(db.pool, `wahook.webhook_logs_p${month(8).key}`)).sort()).toEqual(await configured(db.pool, 'wahook.webhook_logs'));
 
     // drift: someone reset one partition and changed a default partition

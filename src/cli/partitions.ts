@@ -1,6 +1,7 @@
 // `wahook partitions status | maintain`: the DBA's view of the monthly partitions and a way to run the daily
 // maintenance now. Both go through the SQL API (wahook.partition_status, wahook.maintain_partitions).
 import pg from 'pg';
+import type { MaintenanceAction } from '../db/maintenance.ts';
 import { formatTable } from './table.ts';
 
 export class PartitionsUsageError extends Error {}
@@ -29,13 +30,6 @@ interface StatusRow {
   retention: unknown;
 }
 
-export interface MaintenanceAction {
-  parent: string | null;
-  partition: string | null;
-  action: string;
-  rows: string | null;
-  detail: string | null;
-}
 
 function parse(args: string[]): { sub: string; json: boolean } {
   const [sub, ...rest] = args;

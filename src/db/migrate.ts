@@ -7,6 +7,7 @@ import { migrate as graphileMigrate } from 'graphile-migrate';
 import { runMigrations as workerMigrations } from 'graphile-worker';
 import pg from 'pg';
 import type { Logger } from '../log.ts';
+import { runPartitionMaintenance } from './maintenance.ts';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const MIGRATIONS_DIR = path.join(ROOT, 'migrations');
@@ -77,24 +78,6 @@ export async function migrate(url: string, log: Logger, steps: MigrateStep[] = A
   if (steps.includes('partitions')) {
     // The same maintenance as the daily task: partitions for this month and partition_config.premake months
     // ahead, rows moved out of the default partitions, autovacuum settings, retention, dedupe-key purge.
-    const r = await withClient(url, (c) =>
-      c.query<{ parent: string | null; partition: string | null; action: string; rows: string | null; detail: string | null }>(
-        'select * from wahook.maintain_partitions()',
-      ),
-    );
-    for (const a of r.rows) {
-      if (a.action === 'created' || a.action === 'dropped' || a.action === 'moved') {
-        log.info(`${a.action} partition`, a.rows === null ? { partition: a.partition } : { partition: a.partition, rows: a.rows });
-      } else if (a.action === 'kept' || a.action === 'expired_in_default' || a.action.startsWith('skipped')) {
-        log.warn(`partition maintenance: ${a.action}`, a.partition === null ? { detail: a.detail } : { partition: a.partition, detail: a.detail });
-      }
-    }
-    const errors = r.rows.filter((a) => a.action === 'error');
-    if (errors.length > 0) {
-      throw new Error(
-        'partition maintenance failed (recorded in wahook.maintenance_log): ' +
-          errors.map((e) => `${e.parent ?? ''}${e.partition ? ` ${e.partition}` : ''}: ${e.detail}`).join('; '),
-      );
-    }
+    await withClient(url, (c) => runPartitionMaintenance(c, log));
   }
 }
