@@ -183,8 +183,9 @@ begin
 end;
 $$;
 
--- Link a wamid to an outbox row, merging a row a status webhook created for that wamid before the send's answer
--- was recorded (the status overtook it). Returns the row's status afterwards.
+-- Link a wamid to an outbox row. A status webhook may have made a row of its own for that wamid before the send's
+-- answer was recorded (the status overtook it): that row is folded in by replaying its statuses through
+-- wahook.apply_status, the one rule for delivery states. Returns the row's status afterwards.
 create or replace function wahook.link_wamid(p_id bigint, p_wamid text) returns text
 language plpgsql volatile
 as $$
@@ -192,25 +193,20 @@ declare
   v_other wahook.whatsapp_messages;
   v_status text;
 begin
-  select * into v_other from wahook.whatsapp_messages as m where m.wamid = p_wamid and m.id <> p_id for update;
-  if found then
-    delete from wahook.whatsapp_messages as m where m.id = v_other.id;
-  end if;
+  delete from wahook.whatsapp_messages as m where m.wamid = p_wamid and m.id <> p_id returning * into v_other;
   update wahook.whatsapp_messages as m
      set wamid = coalesce(m.wamid, p_wamid),
-         status = case when v_other.status is not null and wahook.status_supersedes(
-                          case when m.status = 'queued' then 'accepted' else m.status end, v_other.status)
-                       then v_other.status
-                       when m.status = 'queued' then 'accepted' else m.status end,
-         status_at = coalesce(v_other.status_at, m.status_at),
-         sent_at = coalesce(m.sent_at, v_other.sent_at),
-         delivered_at = coalesce(m.delivered_at, v_other.delivered_at),
-         read_at = coalesce(m.read_at, v_other.read_at),
-         failed_at = coalesce(m.failed_at, v_other.failed_at),
-         errors = coalesce(v_other.errors, m.errors),
+         status = case when m.status = 'queued' then 'accepted' else m.status end,
          updated_at = pg_catalog.now()
    where m.id = p_id
   returning m.status into v_status;
+  if v_other.id is not null then
+    perform wahook.apply_status(p_wamid, x.status, x.at, null, null, case when x.status = 'failed' then v_other.errors end)
+       from (values ('sent', v_other.sent_at), ('delivered', v_other.delivered_at), ('read', v_other.read_at),
+                    ('failed', v_other.failed_at)) as x(status, at)
+      where x.at is not null;
+    select m.status into v_status from wahook.whatsapp_messages as m where m.id = p_id;
+  end if;
   return v_status;
 end;
 $$;

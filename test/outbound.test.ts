@@ -167,15 +167,57 @@ describe('Graph API errors', () => {
     expect(sendsOf(id)).toHaveLength(0);
   });
 
-  it('an account error opens the breaker for the number with its reason (and nothing is dead-lettered)', async () => {
-    sim.inject({ code: 190, times: 1 });
+  it('an account error opens the breaker for the number with its reason, alerts, and spends no attempt', async () => {
+    const phone = '100000000000011'; // a number of its own: its breaker opens
     await query(`update wahook.settings set value = '"1 second"' where key = 'send.account_breaker_open_for'`);
-    const id = await enqueue('447700900302', 'token expired');
-    await waitFor(async () => sendsOf(id).length === 1, 15_000);
-    const audit = await query(`select 1 from wahook.webhook_dlq where payload ->> 'id' = $1`, [id]);
-    expect(audit).toEqual([]);
-    const breakerOpened = await query(`select reason from wahook.send_breakers where phone_number_id = $1`, [PHONE]);
-    expect(breakerOpened).toHaveLength(1);
+    await query(`update wahook.settings set value = '1' where key = 'send_whatsapp_message.max_attempts'`);
+    try {
+      sim.inject({ code: 190, times: 1, phoneNumberId: phone });
+      const started = Date.now();
+      const r = await query<{ id: string }>(`select wahook.enqueue_message($1, '447700900302', '{"type":"text","text":{"body":"token expired"}}') as id`, [phone]);
+      const id = r[0]!.id;
+      const open = await waitFor(async () => (await query<{ state: string; reason: string }>(
+        `select state, reason from wahook.send_breakers where phone_number_id = $1 and state = 'open'`, [phone]))[0]);
+      expect(open.reason).toMatch(/^account cannot send \(code 190\)/);
+      // with a budget of one attempt, a spent attempt would have dead-lettered it
+      await waitFor(async () => sendsOf(id).length === 1, 15_000);
+      expect(sendsOf(id)[0]!.at - started).toBeGreaterThanOrEqual(950);
+      expect(await query(`select 1 from wahook.webhook_dlq where payload ->> 'id' = $1`, [id])).toEqual([]);
+      await waitFor(async () => (await query<{ state: string }>(`select state from wahook.send_breakers where phone_number_id = $1`, [phone]))[0]!.state === 'closed');
+    } finally {
+      await query(`update wahook.settings set value = '3' where key = 'send_whatsapp_message.max_attempts'`);
+    }
+  });
+
+  it('failed statuses that arrive by webhook get the same classes: account → breaker, 131056 → recipient pause', async () => {
+    const phone = '100000000000012';
+    const failed = (wamid: string, to: string, code: number) => Buffer.from(JSON.stringify({
+      object: 'whatsapp_business_account',
+      entry: [{ id: '200000000000002', changes: [{ field: 'messages', value: { messaging_product: 'whatsapp',
+        metadata: { phone_number_id: phone },
+        statuses: [{ id: wamid, status: 'failed', timestamp: String(1767229000 + seq++), recipient_id: to, errors: [{ code, title: 'x' }] }] } }] }],
+    }));
+    await sendSigned(receiver.webhookUrl, failed('wamid.FAILEDPAIR', '447700900600', 131056));
+    await sendSigned(receiver.webhookUrl, failed('wamid.FAILEDAUTH', '447700900601', 190));
+    await settled(db.pool);
+    expect(await query(`select reason from wahook.send_pauses where scope = 'recipient' and key = $1`, [`${phone}:447700900600`]))
+      .toEqual([{ reason: 'failed status: pair rate limit (131056)' }]);
+    const breaker = await query<{ state: string; reason: string }>(`select state, reason from wahook.send_breakers where phone_number_id = $1`, [phone]);
+    expect(breaker[0]).toMatchObject({ state: 'open', reason: 'failed status: account cannot send (code 190)' });
+    expect((await query(`select status from wahook.whatsapp_messages where wamid = 'wamid.FAILEDAUTH'`))[0]).toEqual({ status: 'failed' });
+  });
+
+  it('a status that overtook the send answer is folded into the outbox row without going backwards', async () => {
+    const id = await enqueue('447700900700', 'overtaken');
+    await sendJobsDone();
+    // as if the read status had arrived (and made its own row) before the answer with the wamid was recorded
+    await query(`update wahook.whatsapp_messages set wamid = null, status = 'queued' where id = $1`, [id]);
+    await query(`select wahook.apply_status('wamid.OVERTAKEN', 'read', now(), $1, '447700900700', null)`, [PHONE]);
+    await query(`select wahook.apply_status('wamid.OVERTAKEN', 'sent', now() - interval '2 seconds', $1, '447700900700', null)`, [PHONE]);
+    const r = await query<{ s: string }>(`select wahook.record_send_success($1, 'wamid.OVERTAKEN') as s`, [id]);
+    expect(r[0]!.s).toBe('read');
+    const rows = await query(`select id, status, sent_at is not null as sent, read_at is not null as read from wahook.whatsapp_messages where wamid = 'wamid.OVERTAKEN'`);
+    expect(rows).toEqual([{ id, status: 'read', sent: true, read: true }]);
   });
 
   it('131056 delays only that recipient', async () => {
