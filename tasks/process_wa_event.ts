@@ -52,7 +52,7 @@ export function makeProcessWaEvent(deps: { handlers: Handlers; log: Logger; metr
     const { id, at } = payload;
     const dlqId = payload.dlq_id === undefined ? null : String(payload.dlq_id);
     let kind = 'unknown';
-    await runAttempt(helpers, deps.log, async (client) => {
+    const failed = await runAttempt(helpers, deps.log, async (client) => {
       const claimed = await client.query<ClaimedRow>('select * from wahook.claim_event($1::bigint, $2::timestamptz)', [id, at]);
       const row = claimed.rows[0];
       if (!row) {
@@ -63,7 +63,6 @@ export function makeProcessWaEvent(deps: { handlers: Handlers; log: Logger; metr
       kind = row.kind;
       const until = row.wait_until;
       if (until) {
-        deps.metrics?.eventsProcessed.inc({ kind, outcome: 'waiting' });
         throw new RetryLaterError('waiting for an earlier message of this conversation', Math.max(100, until.getTime() - Date.now()), 'CONVERSATION_ORDER');
       }
       const event: WaEvent = {
@@ -114,5 +113,9 @@ export function makeProcessWaEvent(deps: { handlers: Handlers; log: Logger; metr
       deps.metrics?.eventsProcessed.inc({ kind, outcome: 'failed' });
       throw err;
     });
+    if (failed) {
+      const outcome = failed.outcome === 'wait' ? 'waiting' : failed.outcome === 'retry' ? 'failed' : 'dead_lettered';
+      deps.metrics?.eventsProcessed.inc({ kind, outcome });
+    }
   };
 }

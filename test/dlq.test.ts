@@ -5,6 +5,7 @@ import path from 'node:path';
 import { PermanentError, RetryLaterError } from '../src/errors.ts';
 import type { RunningReceiver } from '../src/receiver/server.ts';
 import { dlqCommand } from '../src/cli/dlq.ts';
+import { makeMetrics } from '../src/metrics/registry.ts';
 import { createTestDatabase, waitFor, type TestDatabase } from './helpers/db.ts';
 import { FIXTURE_SECRET } from './helpers/fixtures.ts';
 import { childEnv, spawnWahook } from './helpers/process.ts';
@@ -15,6 +16,7 @@ let db: TestDatabase;
 let receiver: RunningReceiver;
 let tw: TestWorker;
 let seq = 0;
+const metrics = makeMetrics();
 
 beforeAll(async () => {
   db = await createTestDatabase();
@@ -22,7 +24,7 @@ beforeAll(async () => {
   await db.pool.query(`update wahook.settings set value = '3' where key = 'process_wa_event.max_attempts'`);
   await db.pool.query(`update wahook.settings set value = '"50 milliseconds"' where key = 'retry.base_delay'`);
   receiver = await testReceiver(db.url);
-  tw = await startTestWorker(db.url);
+  tw = await startTestWorker(db.url, {}, metrics);
 });
 afterAll(async () => {
   await tw?.worker.stop();
@@ -98,6 +100,11 @@ describe('retries', () => {
     expect(jobs.map((j) => j.run_at.getTime())).toEqual([entry.next_retry_at.getTime()]);
     expect(await event(id)).toMatchObject({ state: 'dead', attempts: 3 });
     expect(seen).toHaveLength(3);
+    // every outcome is counted (the DLQ move included)
+    const counted = await metrics.eventsProcessed.get();
+    const n = (outcome: string) => counted.values.find((v) => v.labels.kind === 'other' && v.labels.outcome === outcome)?.value ?? 0;
+    expect(n('dead_lettered')).toBeGreaterThanOrEqual(1);
+    expect(n('failed')).toBeGreaterThanOrEqual(2);
     // no job of this event is left in graphile-worker's table
     expect(await jobsOfEvent(id)).toEqual([]);
   });

@@ -178,7 +178,7 @@ describe('Graph API errors', () => {
       const id = r[0]!.id;
       const open = await waitFor(async () => (await query<{ state: string; reason: string }>(
         `select state, reason from wahook.send_breakers where phone_number_id = $1 and state = 'open'`, [phone]))[0]);
-      expect(open.reason).toMatch(/^account cannot send \(code 190\)/);
+      expect(open!.reason).toMatch(/^account cannot send \(code 190\)/);
       // with a budget of one attempt, a spent attempt would have dead-lettered it
       await waitFor(async () => sendsOf(id).length === 1, 15_000);
       expect(sendsOf(id)[0]!.at - started).toBeGreaterThanOrEqual(950);

@@ -30,7 +30,7 @@ export function makeMetrics() {
   });
   const eventsProcessed = new client.Counter({
     name: 'wahook_events_processed_total',
-    help: 'Events processed by the worker, by kind and outcome (done, failed, skipped)',
+    help: 'Event attempts by kind and outcome: done, failed (will retry), waiting (no attempt spent), dead_lettered, skipped',
     labelNames: ['kind', 'outcome'] as const,
     registers: [registry],
   });

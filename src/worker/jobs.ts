@@ -24,7 +24,8 @@ export async function recordFailure(client: PoolClient, jobId: string, c: Classi
 
 /**
  * Run fn for the current job. A thrown error is classified and recorded; the job is then requeued or
- * dead-lettered by the database, and this returns normally (graphile-worker has nothing left to do).
+ * dead-lettered by the database, and this returns the outcome (null when fn succeeded or the job was not ours)
+ * normally: graphile-worker has nothing left to do.
  * If recording fails too (the database went away), the original error is rethrown and graphile-worker's own
  * retry takes over; the sweeper moves the job to the DLQ if it runs out of attempts that way.
  */
@@ -33,17 +34,18 @@ export async function runAttempt(
   log: Logger,
   fn: (client: PoolClient) => Promise<void>,
   describe: Record<string, unknown> = {},
-): Promise<void> {
+): Promise<FailureOutcome | null> {
   const jobId = String(helpers.job.id);
-  await helpers.withPgClient(async (client) => {
+  return helpers.withPgClient(async (client): Promise<FailureOutcome | null> => {
     const begun = await client.query<{ mine: boolean }>('select wahook.begin_attempt($1::bigint) as mine', [jobId]);
     try {
       // The sweeper may have taken this job for a crashed one before we got the lock: then it is not ours to run.
       if (!begun.rows[0]!.mine) {
         log.warn('job was moved by the sweeper before it started; skipping', { job: jobId, ...describe });
-        return;
+        return null;
       }
       await fn(client);
+      return null;
     } catch (err) {
       await client.query('rollback').catch(() => undefined);
       const c = classify(err);
@@ -69,8 +71,10 @@ export async function runAttempt(
         next_run_at: outcome.next_run_at?.toISOString(),
         dlq_id: outcome.dlq_id ?? undefined,
       };
-      if (outcome.outcome === 'wait' || outcome.outcome === 'retry') log.warn('attempt failed', fields);
+      if (outcome.outcome === 'wait') log.info('attempt deferred', fields); // not a failure: rate limit, breaker, order
+      else if (outcome.outcome === 'retry') log.warn('attempt failed', fields);
       else log.error('attempt failed; in the dead-letter queue', fields);
+      return outcome;
     } finally {
       await client.query('select wahook.end_attempt($1::bigint)', [jobId]).catch(() => undefined);
     }

@@ -3,6 +3,7 @@ import pg from 'pg';
 import { sign } from '../../src/receiver/signature.ts';
 import { startWorker, type RunningWorker, type WorkerConfig } from '../../src/worker/runner.ts';
 import type { Handlers } from '../../src/worker/types.ts';
+import type { Metrics } from '../../src/metrics/registry.ts';
 import { waitFor } from './db.ts';
 import { FIXTURE_SECRET } from './fixtures.ts';
 import { post, quietLogger } from './receiver.ts';
@@ -13,7 +14,7 @@ export interface TestWorker {
   behaviour: Handlers;
 }
 
-export async function startTestWorker(databaseUrl: string, extra: Partial<WorkerConfig> = {}): Promise<TestWorker> {
+export async function startTestWorker(databaseUrl: string, extra: Partial<WorkerConfig> = {}, metrics?: Metrics): Promise<TestWorker> {
   const tw = { behaviour: {} as Handlers } as TestWorker;
   const handlers: Handlers = {
     message: (e, c) => tw.behaviour.message?.(e, c),
@@ -24,6 +25,7 @@ export async function startTestWorker(databaseUrl: string, extra: Partial<Worker
   tw.worker = await startWorker({ databaseUrl, handlersPath: undefined, workerConcurrency: 4, ...extra }, quietLogger('worker'), {
     handlers,
     pollInterval: 200,
+    metrics,
   });
   return tw;
 }
