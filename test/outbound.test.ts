@@ -210,6 +210,10 @@ describe('Graph API errors', () => {
   it('a status that overtook the send answer is folded into the outbox row without going backwards', async () => {
     const id = await enqueue('447700900700', 'overtaken');
     await sendJobsDone();
+    // the simulator's own status webhooks carry the outbox id: let them land first, or one arriving after the
+    // reset below would reconcile the row to the simulator's wamid before record_send_success runs
+    await sim.flushWebhooks();
+    await settled(db.pool);
     // as if the read status had arrived (and made its own row) before the answer with the wamid was recorded
     await query(`update wahook.whatsapp_messages set wamid = null, status = 'queued' where id = $1`, [id]);
     await query(`select wahook.apply_status('wamid.OVERTAKEN', 'read', now(), $1, '447700900700', null)`, [PHONE]);
