@@ -22,6 +22,11 @@ export function makeMetrics() {
     buckets: [1, 2, 4, 8, 16, 32, 64],
     registers: [registry],
   });
+  const ingestPending = new client.Gauge({
+    name: 'wahook_ingest_pending_bodies',
+    help: 'POST bodies received and not yet committed: waiting for an ingest transaction or inside one',
+    registers: [registry],
+  });
   const ingestSeconds = new client.Histogram({
     name: 'wahook_ingest_duration_seconds',
     help: 'Time of one ingest transaction, from the call to the commit',
@@ -45,7 +50,7 @@ export function makeMetrics() {
     help: 'Circuit breakers of this worker process that are open or half-open (one per sending phone number)',
     registers: [registry],
   });
-  return { registry, webhookRequests, notifications, ingestBatchSize, ingestSeconds, eventsProcessed, sends, breakersOpen };
+  return { registry, webhookRequests, notifications, ingestBatchSize, ingestPending, ingestSeconds, eventsProcessed, sends, breakersOpen };
 }
 
 export type Metrics = ReturnType<typeof makeMetrics>;

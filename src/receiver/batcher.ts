@@ -45,10 +45,12 @@ export class IngestBatcher {
   ) {}
 
   submit(item: IngestItem): Promise<IngestResult> {
-    return new Promise((resolve, reject) => {
+    const pending = this.metrics?.ingestPending;
+    pending?.inc();
+    return new Promise<IngestResult>((resolve, reject) => {
       this.queue.push({ item, resolve, reject });
       this.pump();
-    });
+    }).finally(() => pending?.dec());
   }
 
   /** Resolves once nothing is queued or in flight. */
