@@ -116,8 +116,10 @@ $$;
 
 -- Record a failed attempt of job p_job_id and decide what happens next. One transaction: the job is requeued,
 -- or removed and dead-lettered; the event (for process_wa_event) shows the outcome.
--- Returns: outcome ('retry' | 'wait' | 'dead_lettered' | 'dlq_retry_failed' | 'dlq_exhausted' | 'gone'),
--- when it runs next (null when it does not), and the DLQ entry's id when there is one.
+-- Returns: outcome ('retry' | 'wait' | 'dead_lettered' | 'dlq_retry_failed' | 'dlq_exhausted' | 'gone' |
+-- 'finished'), when it runs next (null when it does not), and the DLQ entry's id when there is one.
+-- 'finished': a crashed job whose work had already committed (the worker died, or could not reach the database,
+-- between the attempt's commit and graphile-worker deleting the job row). It is removed, not run again.
 create or replace function wahook.job_failed(
   p_job_id bigint,
   p_class text,
@@ -164,6 +166,18 @@ begin
     select * into v_event from wahook.wa_events
      where id = (v_job.payload ->> 'id')::bigint and received_at = (v_job.payload ->> 'at')::timestamptz;
     v_has_event := found;
+  end if;
+
+  -- A crashed attempt whose work committed (the event is finished, the message was accepted by the Graph API):
+  -- nothing to retry, and a DLQ retry's entry was already resolved in that transaction.
+  if p_class = 'crashed' and (
+       (v_has_event and v_event.state in ('done', 'discarded'))
+       or (v_job.task = 'send_whatsapp_message' and exists (
+             select from wahook.whatsapp_messages as m
+              where m.id = (v_job.payload ->> 'id')::bigint and m.wamid is not null))) then
+    perform wahook.remove_job(p_job_id);
+    return query select 'finished'::text, null::timestamptz, null::bigint;
+    return;
   end if;
 
   -- An automatic DLQ retry: one attempt, then back to its DLQ entry.

@@ -10,7 +10,7 @@ import { createTestDatabase, waitFor, type TestDatabase } from './helpers/db.ts'
 import { FIXTURE_SECRET } from './helpers/fixtures.ts';
 import { childEnv, spawnWahook } from './helpers/process.ts';
 import { testReceiver } from './helpers/receiver.ts';
-import { sendSigned, settled, startTestWorker, textMessage, webhook, type TestWorker } from './helpers/worker.ts';
+import { plantOrphanedJob, sendSigned, settled, startTestWorker, textMessage, webhook, type TestWorker } from './helpers/worker.ts';
 
 let db: TestDatabase;
 let receiver: RunningReceiver;
@@ -338,6 +338,46 @@ describe('a worker killed on the last attempt', () => {
       await query(`update wahook.settings set value = '3' where key = 'process_wa_event.max_attempts'`);
       tw = await startTestWorker(db.url);
     }
+  });
+});
+
+describe('a worker that died after its attempt committed', () => {
+  it('leaves a job the sweeper removes without running the handler again or touching the event', async () => {
+    let calls = 0;
+    tw.behaviour.other = () => {
+      calls++;
+    };
+    const id = await sendOther('committed-then-died');
+    await settled(db.pool);
+    expect(calls).toBe(1);
+    const at = (await query<{ at: string }>('select received_at::text as at from wahook.wa_events where id = $1', [id]))[0]!.at;
+    const job = await plantOrphanedJob(db.pool, 'process_wa_event', { id: Number(id), at });
+    expect(await query(`select * from wahook.sweep(now() + interval '1 minute')`))
+      .toEqual([{ job_id: job, task: 'process_wa_event', outcome: 'finished', dlq_id: null }]);
+    expect(await query('select 1 from graphile_worker._private_jobs where id = $1', [job])).toEqual([]);
+    expect(await event(id)).toMatchObject({ state: 'done' });
+    expect(await dlqFor(id)).toEqual([]);
+    expect(calls).toBe(1);
+  });
+
+  it('the same holds for an automatic DLQ retry that resolved its entry: the entry stays resolved', async () => {
+    let fixed = false;
+    tw.behaviour.other = () => {
+      if (!fixed) throw new Error('not yet');
+    };
+    const id = await sendOther('dlq-committed-then-died');
+    await waitFor(async () => (await dlqFor(id)).length === 1);
+    const [entry] = await dlqFor(id);
+    fixed = true;
+    await query(`select * from wahook.dlq_process((select next_retry_at from wahook.webhook_dlq where id = $1))`, [entry.id]);
+    await waitFor(async () => (await dlqFor(id))[0].status === 'resolved');
+    const [resolved] = await dlqFor(id);
+    const at = (await query<{ at: string }>('select received_at::text as at from wahook.wa_events where id = $1', [id]))[0]!.at;
+    const job = await plantOrphanedJob(db.pool, 'process_wa_event', { id: Number(id), at, dlq_id: Number(entry.id) });
+    expect(await query(`select * from wahook.sweep(now() + interval '1 minute')`))
+      .toEqual([{ job_id: job, task: 'process_wa_event', outcome: 'finished', dlq_id: null }]);
+    expect((await dlqFor(id))[0]).toMatchObject({ status: 'resolved', dlq_attempts: resolved.dlq_attempts, next_retry_at: null });
+    expect(await event(id)).toMatchObject({ state: 'done' });
   });
 });
 

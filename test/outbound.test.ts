@@ -6,7 +6,7 @@ import { createTestDatabase, waitFor, type TestDatabase } from './helpers/db.ts'
 import { FIXTURE_SECRET } from './helpers/fixtures.ts';
 import { childEnv, spawnWahook } from './helpers/process.ts';
 import { quietLogger, testReceiver } from './helpers/receiver.ts';
-import { sendSigned, settled, startTestWorker, textMessage, webhook, type TestWorker } from './helpers/worker.ts';
+import { plantOrphanedJob, sendSigned, settled, startTestWorker, textMessage, webhook, type TestWorker } from './helpers/worker.ts';
 
 const TOKEN = 'test-access-token';
 const PHONE = '100000000000001';
@@ -227,10 +227,9 @@ describe('Graph API errors', () => {
   it('131056 delays only that recipient', async () => {
     sim.inject({ code: 131056, times: 1 });
     const slow = await enqueue('447700900303', 'to the busy recipient');
-    const [pause] = await waitFor(async () => {
-      const rows = await query<{ until: Date }>(`select until from wahook.send_pauses where scope = 'recipient' and key = $1`, [`${PHONE}:447700900303`]);
-      return rows.length === 1 ? rows : undefined;
-    }, 10_000, 'the recipient pause');
+    const pause = await waitFor(async () =>
+      (await query<{ until: Date }>(`select until from wahook.send_pauses where scope = 'recipient' and key = $1`, [`${PHONE}:447700900303`]))[0],
+    10_000, 'the recipient pause');
     const other = await enqueue('447700900304', 'to someone else');
     await waitFor(async () => sendsOf(other).length === 1 && sendsOf(slow).length === 1, 15_000);
     // the other recipient did not wait for the pause (4 s); the busy one went only once it was over
@@ -254,6 +253,22 @@ describe('throughput', () => {
       await query(`delete from wahook.settings where key = 'send.rate_per_second.${PHONE}'`);
     }
   }, 30_000);
+});
+
+describe('a worker that died after recording the send', () => {
+  it('leaves a job the sweeper removes: the message is not sent again', async () => {
+    const id = await enqueue('447700900800', 'sent, then the worker died');
+    await sendJobsDone();
+    await sim.flushWebhooks(); // its status events are processed first: the sweep below must meet only the orphan
+    await settled(db.pool);
+    expect(sendsOf(id)).toHaveLength(1);
+    const job = await plantOrphanedJob(db.pool, 'send_whatsapp_message', { id: Number(id) });
+    expect(await query(`select * from wahook.sweep(now() + interval '1 minute')`))
+      .toEqual([{ job_id: job, task: 'send_whatsapp_message', outcome: 'finished', dlq_id: null }]);
+    expect(await query('select 1 from graphile_worker._private_jobs where id = $1', [job])).toEqual([]);
+    expect((await outbox(id)).send_attempts).toBe(1);
+    expect(sendsOf(id)).toHaveLength(1);
+  });
 });
 
 describe('a worker killed between the Graph API call and the commit', () => {

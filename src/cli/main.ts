@@ -4,6 +4,7 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { ConfigError, loadConfig, type Config } from '../config.ts';
 import { startEmbedded } from '../db/embedded.ts';
+import { isConnectionError } from '../db/pool.ts';
 import { ALL_STEPS, migrate, type MigrateStep } from '../db/migrate.ts';
 import { makeLogger, type Logger } from '../log.ts';
 import { makeMetrics } from '../metrics/registry.ts';
@@ -64,6 +65,32 @@ function onShutdown(log: Logger, stop: () => Promise<void>): void {
   };
   process.on('SIGINT', handler);
   process.on('SIGTERM', handler);
+}
+
+/**
+ * For the long-running commands. graphile-worker 0.17 marks a finished job complete (or failed) without awaiting
+ * it, so a database restart at that moment rejects a promise nobody waits for, and Node would exit. The job is
+ * left locked; the sweeper (wahook.sweep, every 5 minutes) moves it on once its lock is free, and knows a job
+ * whose work committed ('finished'). So a lost connection is logged and the process carries on. Anything else
+ * unhandled is a bug: log it and exit, for the supervisor to start a clean process.
+ */
+function guardProcess(log: Logger): void {
+  process.on('unhandledRejection', (reason: unknown) => {
+    if (isConnectionError(reason)) {
+      log.error('lost the database while recording a job\'s end; carrying on (the sweeper moves the job on)', { error: reason as Error });
+      return;
+    }
+    log.error('unhandled error; exiting', { error: reason as Error });
+    process.exit(1);
+  });
+}
+
+/** graphile-worker gave up (it could not record a job's end for long): exit for the supervisor to restart. */
+function exitOnWorkerFailure(log: Logger): (err: Error) => void {
+  return (err) => {
+    log.error('the worker stopped; exiting so that it is restarted', { error: err });
+    process.exit(1);
+  };
 }
 
 function flag(args: string[], name: string): string | undefined {
@@ -150,6 +177,7 @@ async function cmdStart(log: Logger): Promise<void> {
     const worker = await startWorker({ ...config, apiBaseUrl, databaseUrl: workerUrl }, log.child('worker'), {
       metrics,
       handlers: config.handlersPath ? undefined : echoHandlers,
+      onFatal: exitOnWorkerFailure(log),
     });
     stops.worker = () => worker.stop();
     onShutdown(log, stopAll);
@@ -207,6 +235,7 @@ async function cmdWorker(log: Logger): Promise<void> {
   const db = await database(config, log);
   const worker = await startWorker({ ...config, databaseUrl: config.workerDatabaseUrl ?? db.url }, log.child('worker'), {
     metrics: makeMetrics(),
+    onFatal: exitOnWorkerFailure(log),
   });
   onShutdown(log, async () => {
     await worker.stop();
@@ -258,6 +287,7 @@ export async function main(argv: string[]): Promise<void> {
   // operator commands print tables: only warnings and errors in the log
   const quiet = () => makeLogger('wahook', { ...process.env, WAHOOK_LOG_LEVEL: process.env.WAHOOK_LOG_LEVEL ?? 'warn' });
   try {
+    if (command === 'start' || command === 'worker' || command === 'receiver') guardProcess(log);
     switch (command) {
       case 'start':
         return await cmdStart(log);

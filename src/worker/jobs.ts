@@ -8,7 +8,7 @@ import { classify, type Classified } from '../errors.ts';
 import type { Logger } from '../log.ts';
 
 export interface FailureOutcome {
-  outcome: 'retry' | 'wait' | 'dead_lettered' | 'dlq_retry_failed' | 'dlq_exhausted' | 'gone';
+  outcome: 'retry' | 'wait' | 'dead_lettered' | 'dlq_retry_failed' | 'dlq_exhausted' | 'gone' | 'finished';
   next_run_at: Date | null;
   dlq_id: string | null;
 }

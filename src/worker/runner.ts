@@ -32,10 +32,20 @@ export type WorkerConfig = Pick<Config, 'handlersPath' | 'workerConcurrency'> &
 export async function startWorker(
   config: WorkerConfig,
   log: Logger,
-  options: { metrics?: Metrics; pollInterval?: number; handlers?: Handlers } = {},
+  options: {
+    metrics?: Metrics;
+    pollInterval?: number;
+    handlers?: Handlers;
+    /** graphile-worker stopped by itself (it gives up when it cannot record a job's end): the process should exit */
+    onFatal?: (err: Error) => void;
+  } = {},
 ): Promise<RunningWorker> {
   const handlers = options.handlers ?? (await loadHandlers(config.handlersPath));
-  const pool = makePool(config.databaseUrl, log, { max: config.workerConcurrency + 2 });
+  // Each of the `concurrency` job loops holds one connection during an attempt (and for a moment a second, while
+  // graphile-worker marks the last job done and fetches the next); plus LISTEN, cron and breaker updates. When the
+  // pool runs dry a request waits: up to 30 s here, not the 5 s that suit the receiver, because a timeout makes
+  // graphile-worker fail to record a job's end. A database that is down still fails at once.
+  const pool = makePool(config.databaseUrl, log, { max: config.workerConcurrency + 4, connectionTimeoutMillis: 30_000 });
   const breakerStates = new Map<string, string>();
   const breakers = config.accessToken
     ? new BreakerRegistry(
@@ -75,6 +85,15 @@ export async function startWorker(
     handlers: options.handlers ? 'given' : (config.handlersPath ?? 'built-in example'),
   });
   let stopping: Promise<void> | undefined;
+  runner.promise.then(
+    () => {
+      if (!stopping) options.onFatal?.(new Error('graphile-worker stopped unexpectedly'));
+    },
+    (err: unknown) => {
+      log.error('graphile-worker stopped on a fatal error', { error: err as Error });
+      if (!stopping) options.onFatal?.(err as Error);
+    },
+  );
   return {
     runner,
     stop: () =>

@@ -30,6 +30,28 @@ export async function startTestWorker(databaseUrl: string, extra: Partial<Worker
   return tw;
 }
 
+/**
+ * The state a worker leaves when it dies (or loses the database) after its attempt committed but before
+ * graphile-worker deleted the job row: the job, still locked by a worker that no longer exists. Added and locked
+ * in one transaction, so no live worker can take it first. Returns the job id.
+ */
+export async function plantOrphanedJob(pool: pg.Pool, task: string, payload: Record<string, unknown>): Promise<string> {
+  const client = await pool.connect();
+  try {
+    await client.query('begin');
+    const job = await client.query<{ id: string }>('select id from graphile_worker.add_job($1, $2::json)', [task, JSON.stringify(payload)]);
+    await client.query(`update graphile_worker._private_jobs set attempts = 1, locked_by = 'a-worker-that-died', locked_at = now() - interval '10 minutes'
+                         where id = $1`, [job.rows[0]!.id]);
+    await client.query('commit');
+    return job.rows[0]!.id;
+  } catch (err) {
+    await client.query('rollback');
+    throw err;
+  } finally {
+    client.release();
+  }
+}
+
 /** Wait until no event is pending, processing or retrying. */
 export async function settled(pool: pg.Pool, timeoutMs = 30_000): Promise<void> {
   const open = () =>
