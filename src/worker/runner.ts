@@ -100,6 +100,11 @@ export async function startWorker(
       (stopping ??= (async () => {
         await runner.stop();
         breakers?.shutdown();
+        // graphile-worker 0.17 does not wait for its last "job complete" statements: let them finish first
+        const deadline = Date.now() + 5000;
+        while ((pool.waitingCount > 0 || pool.idleCount < pool.totalCount) && Date.now() < deadline) {
+          await new Promise((r) => setTimeout(r, 20));
+        }
         await pool.end();
         log.info('worker stopped');
       })()),
