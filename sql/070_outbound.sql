@@ -115,6 +115,7 @@ declare
   v_rate numeric;
   v_slot timestamptz;
   v_probe boolean := false;
+  v_wamid text;
 begin
   select * into v_msg from wahook.whatsapp_messages as m where m.id = p_id and m.direction = 'outbound' for update;
   if not found then
@@ -125,7 +126,25 @@ begin
     return query select 'done'::text, null::timestamptz, 'already accepted by the Graph API'::text, null::jsonb, v_msg.phone_number_id, null::timestamptz;
     return;
   end if;
-  -- The last attempt started a call and never recorded its outcome: give its status webhook time to arrive.
+  -- The last attempt started a call and never recorded its outcome. A status webhook carrying this row's id
+  -- proves the Graph API accepted it: one may be stored and not yet processed (the status events and this retry
+  -- run in any order), so look for it before anything else.
+  if v_msg.send_started_at is not null then
+    select e.wamid into v_wamid
+      from wahook.wa_events as e
+     where e.state in ('pending', 'processing', 'retrying') and e.kind = 'status'
+       and e.received_at >= v_msg.send_started_at - interval '1 minute'
+       and e.payload ->> 'biz_opaque_callback_data' = 'wahook:' || p_id
+       and e.wamid is not null
+     limit 1;
+    if v_wamid is not null then
+      perform wahook.link_wamid(p_id, v_wamid);
+      return query select 'done'::text, null::timestamptz, 'accepted: reconciled through a stored status webhook'::text,
+                          null::jsonb, v_msg.phone_number_id, null::timestamptz;
+      return;
+    end if;
+  end if;
+  -- Otherwise give its status webhook time to arrive.
   if v_msg.send_started_at is not null
      and v_msg.send_started_at > p_now - wahook.setting_interval('send.reconcile_window', interval '60 seconds') then
     return query select 'wait'::text, v_msg.send_started_at + wahook.setting_interval('send.reconcile_window', interval '60 seconds'),

@@ -255,6 +255,33 @@ describe('throughput', () => {
   }, 30_000);
 });
 
+describe('reconciling a send whose outcome is unknown', () => {
+  it('a stored but unprocessed status webhook with the outbox id counts as accepted: no second send', async () => {
+    // One transaction, so no worker can take the send job or process the status event: the order is fixed to the
+    // one that sent twice before (the retry decides before the status event is processed).
+    const c = await db.pool.connect();
+    try {
+      await c.query('begin');
+      const id = (await c.query<{ id: string }>(`select wahook.enqueue_message($1, '447700900900', '{"type":"text","text":{"body":"unknown"}}') as id`, [PHONE])).rows[0]!.id;
+      // the attempt called the Graph API an hour ago and died before recording the answer
+      await c.query(`update wahook.whatsapp_messages set send_started_at = now() - interval '1 hour', send_attempts = 1 where id = $1`, [id]);
+      const status = Buffer.from(JSON.stringify({
+        object: 'whatsapp_business_account',
+        entry: [{ id: '200000000000002', changes: [{ field: 'messages', value: { messaging_product: 'whatsapp', metadata: { phone_number_id: PHONE },
+          statuses: [{ id: 'wamid.RECONCILED', status: 'sent', timestamp: '1767229500', recipient_id: '447700900900', biz_opaque_callback_data: `wahook:${id}` }] } }] }],
+      }));
+      await c.query(`select * from wahook.ingest(array[$1::bytea], array[0]::smallint[], array['test'])`, [status]);
+      const [d] = (await c.query<{ decision: string; reason: string }>(`select decision, reason from wahook.prepare_send($1, 'test')`, [id])).rows;
+      expect(d).toEqual({ decision: 'done', reason: 'accepted: reconciled through a stored status webhook' });
+      const [row] = (await c.query(`select wamid, status, send_attempts from wahook.whatsapp_messages where id = $1`, [id])).rows;
+      expect(row).toEqual({ wamid: 'wamid.RECONCILED', status: 'accepted', send_attempts: 1 });
+    } finally {
+      await c.query('rollback');
+      c.release();
+    }
+  });
+});
+
 describe('a worker that died after recording the send', () => {
   it('leaves a job the sweeper removes: the message is not sent again', async () => {
     const id = await enqueue('447700900800', 'sent, then the worker died');
