@@ -140,6 +140,9 @@ declare
   v_entry wahook.webhook_dlq;
   v_first timestamptz;
   v_payload json;
+  v_outcome text;
+  v_error text := left(p_error, 4000);
+  v_error_class text := case when p_class in ('crashed', 'permanent') then p_class else 'transient' end;
 begin
   if p_class not in ('transient', 'permanent', 'wait', 'crashed') then
     raise exception using errcode = 'WH003',
@@ -180,37 +183,7 @@ begin
     return;
   end if;
 
-  -- An automatic DLQ retry: one attempt, then back to its DLQ entry.
-  if v_job.payload::jsonb ? 'dlq_id' and p_class <> 'wait' then
-    v_dlq_id := (v_job.payload ->> 'dlq_id')::bigint;
-    perform wahook.remove_job(p_job_id);
-    select * into v_entry from wahook.webhook_dlq where id = v_dlq_id for update;
-    v_next := case
-      when p_class = 'permanent' or v_entry.dlq_attempts >= pg_catalog.jsonb_array_length(v_schedule) then null
-      else p_now + (v_schedule ->> v_entry.dlq_attempts)::interval
-    end;
-    update wahook.webhook_dlq
-       set status = case when v_next is null then 'exhausted' else 'pending' end,
-           next_retry_at = v_next,
-           error_class = case when p_class = 'crashed' then 'crashed' when p_class = 'permanent' then 'permanent' else 'transient' end,
-           error_code = p_code, last_error = left(p_error, 4000), last_failed_at = p_now, updated_at = p_now
-     where id = v_dlq_id;
-    insert into wahook.dlq_processing_log (kind, dlq_id, started_at, finished_at, outcome, error, details)
-    values ('entry', v_dlq_id, p_now, pg_catalog.clock_timestamp(),
-            case when v_next is null then 'exhausted' else 'failed' end, left(p_error, 4000),
-            pg_catalog.jsonb_build_object('dlq_attempt', v_entry.dlq_attempts, 'error_code', p_code, 'next_retry_at', v_next));
-    if v_has_event then
-      update wahook.wa_events set state = 'dead', last_error = left(p_error, 4000), next_attempt_at = null, updated_at = p_now
-       where id = v_event.id and received_at = v_event.received_at;
-    end if;
-    if v_next is not null then
-      perform wahook.schedule_dlq_retry(v_dlq_id, v_next);
-    end if;
-    return query select case when v_next is null then 'dlq_exhausted' else 'dlq_retry_failed' end, v_next, v_dlq_id;
-    return;
-  end if;
-
-  -- Wait: run again later; the attempt does not count.
+  -- Wait: run again later; the attempt does not count (nor, for a DLQ retry, its DLQ attempt).
   if p_class = 'wait' then
     v_next := p_now + coalesce(p_delay, interval '30 seconds');
     perform wahook.requeue_job(p_job_id, v_next, v_job.attempts - 1, p_error);
@@ -224,51 +197,72 @@ begin
     return;
   end if;
 
-  -- Transient with attempts left: retry after the backoff.
-  if p_class <> 'permanent' and v_job.attempts < v_job.max_attempts then
+  -- Transient with attempts left (never for a DLQ retry: its budget is one): retry after the backoff.
+  if p_class <> 'permanent' and v_job.attempts < v_job.max_attempts and not v_job.payload::jsonb ? 'dlq_id' then
     v_next := p_now + coalesce(p_delay, wahook.retry_delay(v_job.attempts));
     perform wahook.requeue_job(p_job_id, v_next, v_job.attempts, p_error, v_payload);
     if v_has_event then
       update wahook.wa_events
-         set state = 'retrying', last_error = left(p_error, 4000), next_attempt_at = v_next, updated_at = p_now
+         set state = 'retrying', last_error = v_error, next_attempt_at = v_next, updated_at = p_now
        where id = v_event.id and received_at = v_event.received_at;
     end if;
     return query select 'retry'::text, v_next, null::bigint;
     return;
   end if;
 
-  -- Permanent, or out of attempts: to the DLQ, in this transaction.
+  -- Otherwise the job leaves the queue for the DLQ, in this transaction.
   perform wahook.remove_job(p_job_id);
-  v_next := case
-    when p_class <> 'permanent' and (wahook.setting('dlq.auto_retry', 'true'))::boolean
-    then p_now + (v_schedule ->> 0)::interval
-  end;
-  insert into wahook.webhook_dlq
-    (task, payload, queue_name, event_id, event_received_at, kind, phone_number_id, wa_id, attempts,
-     error_class, error_code, last_error, first_failed_at, last_failed_at, dead_lettered_at, next_retry_at,
-     overtaken_by, replay_of)
-  values
-    (v_job.task, v_job.payload::jsonb - '{replay_of,first_failed_at,dlq_id}'::text[], v_job.queue_name, v_event.id, v_event.received_at, v_event.kind,
-     v_event.phone_number_id, v_event.wa_id, v_job.attempts,
-     case when p_class = 'crashed' then 'crashed' when p_class = 'permanent' then 'permanent' else 'transient' end,
-     p_code, left(p_error, 4000), v_first, p_now, p_now, v_next,
-     case when v_has_event and v_event.kind = 'message' then (
-       select pg_catalog.count(*)::integer from wahook.wa_events as later
-        where later.kind = 'message' and later.phone_number_id is not distinct from v_event.phone_number_id
-          and later.wa_id = v_event.wa_id and later.id > v_event.id
-          and later.received_at >= v_event.received_at
-          and later.state in ('pending', 'processing', 'retrying', 'done'))
-     else 0 end,
-     (v_job.payload ->> 'replay_of')::bigint)
-  returning id into v_dlq_id;
+  if v_job.payload::jsonb ? 'dlq_id' then
+    -- An automatic DLQ retry failed: back to its entry, with the next time on the schedule or exhausted.
+    v_dlq_id := (v_job.payload ->> 'dlq_id')::bigint;
+    select * into v_entry from wahook.webhook_dlq where id = v_dlq_id for update;
+    v_next := case
+      when p_class = 'permanent' or v_entry.dlq_attempts >= pg_catalog.jsonb_array_length(v_schedule) then null
+      else p_now + (v_schedule ->> v_entry.dlq_attempts)::interval
+    end;
+    update wahook.webhook_dlq
+       set status = case when v_next is null then 'exhausted' else 'pending' end,
+           next_retry_at = v_next, error_class = v_error_class, error_code = p_code, last_error = v_error,
+           last_failed_at = p_now, updated_at = p_now
+     where id = v_dlq_id;
+    insert into wahook.dlq_processing_log (kind, dlq_id, started_at, finished_at, outcome, error, details)
+    values ('entry', v_dlq_id, p_now, pg_catalog.clock_timestamp(),
+            case when v_next is null then 'exhausted' else 'failed' end, v_error,
+            pg_catalog.jsonb_build_object('dlq_attempt', v_entry.dlq_attempts, 'error_code', p_code, 'next_retry_at', v_next));
+    v_outcome := case when v_next is null then 'dlq_exhausted' else 'dlq_retry_failed' end;
+  else
+    -- Permanent, or out of attempts: a new entry.
+    v_next := case
+      when p_class <> 'permanent' and (wahook.setting('dlq.auto_retry', 'true'))::boolean
+      then p_now + (v_schedule ->> 0)::interval
+    end;
+    insert into wahook.webhook_dlq
+      (task, payload, queue_name, event_id, event_received_at, kind, phone_number_id, wa_id, attempts,
+       error_class, error_code, last_error, first_failed_at, last_failed_at, dead_lettered_at, next_retry_at,
+       overtaken_by, replay_of)
+    values
+      (v_job.task, v_job.payload::jsonb - '{replay_of,first_failed_at,dlq_id}'::text[], v_job.queue_name, v_event.id,
+       v_event.received_at, v_event.kind, v_event.phone_number_id, v_event.wa_id, v_job.attempts,
+       v_error_class, p_code, v_error, v_first, p_now, p_now, v_next,
+       case when v_has_event and v_event.kind = 'message' then (
+         select pg_catalog.count(*)::integer from wahook.wa_events as later
+          where later.kind = 'message' and later.phone_number_id is not distinct from v_event.phone_number_id
+            and later.wa_id = v_event.wa_id and later.id > v_event.id
+            and later.received_at >= v_event.received_at
+            and later.state in ('pending', 'processing', 'retrying', 'done'))
+       else 0 end,
+       (v_job.payload ->> 'replay_of')::bigint)
+    returning id into v_dlq_id;
+    v_outcome := 'dead_lettered';
+  end if;
   if v_has_event then
-    update wahook.wa_events set state = 'dead', last_error = left(p_error, 4000), next_attempt_at = null, updated_at = p_now
+    update wahook.wa_events set state = 'dead', last_error = v_error, next_attempt_at = null, updated_at = p_now
      where id = v_event.id and received_at = v_event.received_at;
   end if;
   if v_next is not null then
     perform wahook.schedule_dlq_retry(v_dlq_id, v_next);
   end if;
-  return query select 'dead_lettered'::text, v_next, v_dlq_id;
+  return query select v_outcome, v_next, v_dlq_id;
 end;
 $$;
 
