@@ -143,12 +143,10 @@ begin
     v_result := 'received';
   elsif v_event.kind = 'status' and v_event.wamid is not null then
     -- Our own sends carry their outbox id: link the wamid even if the send's answer was never recorded.
-    if (v_event.payload ->> 'biz_opaque_callback_data') ~ '^wahook:[0-9]{1,18}$' then
-      perform wahook.link_wamid(pg_catalog.substr(v_event.payload ->> 'biz_opaque_callback_data', 8)::bigint, v_event.wamid)
-         from wahook.whatsapp_messages as m
-        where m.id = pg_catalog.substr(v_event.payload ->> 'biz_opaque_callback_data', 8)::bigint
-          and m.direction = 'outbound' and (m.wamid is null or m.wamid = v_event.wamid);
-    end if;
+    perform wahook.link_wamid(m.id, v_event.wamid)
+       from wahook.whatsapp_messages as m
+      where m.id = wahook.outbox_id(v_event.payload ->> 'biz_opaque_callback_data')
+        and m.direction = 'outbound' and (m.wamid is null or m.wamid = v_event.wamid);
     if v_event.payload ->> 'status' = 'failed' then
       perform wahook.apply_failed_status(v_event.phone_number_id, v_event.wa_id, v_event.payload -> 'errors');
     end if;

@@ -39,6 +39,25 @@ as $$
   end
 $$;
 
+-- An outbox row's reference in biz_opaque_callback_data: 'wahook:<id>'. Meta echoes it in the message's status
+-- webhooks; wahook.outbox_id reads it back (null for anything else, such as another application's data).
+create or replace function wahook.outbox_ref(p_id bigint) returns text
+language sql immutable parallel safe
+as $$
+  select 'wahook:' || p_id
+$$;
+
+create or replace function wahook.outbox_id(p_ref text) returns bigint
+language plpgsql immutable parallel safe
+as $$
+begin
+  if p_ref ~ '^wahook:[0-9]{1,18}$' then
+    return pg_catalog.substr(p_ref, 8)::bigint;
+  end if;
+  return null;
+end;
+$$;
+
 -- Queue a message for sending, in the caller's transaction: a handler's reply commits with its event.
 --   p_message: the Graph API message without messaging_product and to, e.g.
 --     {"type": "text", "text": {"body": "Hello"}}
@@ -83,7 +102,7 @@ begin
   update wahook.whatsapp_messages
      set request = pg_catalog.jsonb_build_object('messaging_product', 'whatsapp', 'recipient_type', 'individual', 'to', pg_catalog.ltrim(p_to, '+'))
                    || (p_message - 'messaging_product' - 'to')
-                   || pg_catalog.jsonb_build_object('biz_opaque_callback_data', 'wahook:' || v_id)
+                   || pg_catalog.jsonb_build_object('biz_opaque_callback_data', wahook.outbox_ref(v_id))
    where id = v_id;
   -- One queue per recipient: messages to one customer go out in order.
   perform graphile_worker.add_job(
@@ -134,7 +153,7 @@ begin
       from wahook.wa_events as e
      where e.state in ('pending', 'processing', 'retrying') and e.kind = 'status'
        and e.received_at >= v_msg.send_started_at - interval '1 minute'
-       and e.payload ->> 'biz_opaque_callback_data' = 'wahook:' || p_id
+       and e.payload ->> 'biz_opaque_callback_data' = wahook.outbox_ref(p_id)
        and e.wamid is not null
      limit 1;
     if v_wamid is not null then
