@@ -63,6 +63,27 @@ async function query<T = Record<string, unknown>>(sql: string, params: unknown[]
   return (await db.pool.query(sql, params)).rows as T[];
 }
 
+/** The payload wahook.ingest gives an event's job (the receive time to the microsecond, as it is matched). */
+async function eventJobPayload(eventId: string): Promise<Record<string, unknown>> {
+  const r = await query<{ p: Record<string, unknown> }>(`select json_build_object('id', id, 'at', received_at) as p from wahook.wa_events where id = $1`, [eventId]);
+  return r[0]!.p;
+}
+
+/** An 'other' event whose handler fails until its DLQ entry is retried by the processor; the retry resolves it. */
+async function resolvedByDlqRetry(tag: string) {
+  let fixed = false;
+  tw.behaviour.other = () => {
+    if (!fixed) throw new Error('not yet');
+  };
+  const id = await sendOther(tag);
+  await waitFor(async () => (await dlqFor(id)).length === 1);
+  const [entry] = await dlqFor(id);
+  fixed = true;
+  await query(`select * from wahook.dlq_process((select next_retry_at from wahook.webhook_dlq where id = $1))`, [entry.id]);
+  await waitFor(async () => (await dlqFor(id))[0].status === 'resolved');
+  return { id, entry };
+}
+
 describe('retries', () => {
   it('a handler that fails twice then succeeds ends done after three attempts, with no DLQ entry', async () => {
     const calls = new Map<string, number>();
@@ -183,16 +204,7 @@ describe('DLQ schedule (time travel)', () => {
   }, 60_000);
 
   it('a retry that succeeds resolves the entry and finishes the event', async () => {
-    let fixed = false;
-    tw.behaviour.other = () => {
-      if (!fixed) throw new Error('not yet');
-    };
-    const id = await sendOther('resolves');
-    await waitFor(async () => (await dlqFor(id)).length === 1);
-    const [entry] = await dlqFor(id);
-    fixed = true;
-    await query(`select * from wahook.dlq_process((select next_retry_at from wahook.webhook_dlq where id = $1))`, [entry.id]);
-    await waitFor(async () => (await dlqFor(id))[0].status === 'resolved');
+    const { id, entry } = await resolvedByDlqRetry('resolves');
     expect(await event(id)).toMatchObject({ state: 'done' });
     const log = await query(`select outcome, duration_ms from wahook.dlq_processing_log where dlq_id = $1`, [entry.id]);
     expect(log).toEqual([{ outcome: 'succeeded', duration_ms: expect.any(String) }]);
@@ -350,8 +362,7 @@ describe('a worker that died after its attempt committed', () => {
     const id = await sendOther('committed-then-died');
     await settled(db.pool);
     expect(calls).toBe(1);
-    const at = (await query<{ at: string }>('select received_at::text as at from wahook.wa_events where id = $1', [id]))[0]!.at;
-    const job = await plantOrphanedJob(db.pool, 'process_wa_event', { id: Number(id), at });
+    const job = await plantOrphanedJob(db.pool, 'process_wa_event', await eventJobPayload(id));
     expect(await query(`select * from wahook.sweep(now() + interval '1 minute')`))
       .toEqual([{ job_id: job, task: 'process_wa_event', outcome: 'finished', dlq_id: null }]);
     expect(await query('select 1 from graphile_worker._private_jobs where id = $1', [job])).toEqual([]);
@@ -361,19 +372,9 @@ describe('a worker that died after its attempt committed', () => {
   });
 
   it('the same holds for an automatic DLQ retry that resolved its entry: the entry stays resolved', async () => {
-    let fixed = false;
-    tw.behaviour.other = () => {
-      if (!fixed) throw new Error('not yet');
-    };
-    const id = await sendOther('dlq-committed-then-died');
-    await waitFor(async () => (await dlqFor(id)).length === 1);
-    const [entry] = await dlqFor(id);
-    fixed = true;
-    await query(`select * from wahook.dlq_process((select next_retry_at from wahook.webhook_dlq where id = $1))`, [entry.id]);
-    await waitFor(async () => (await dlqFor(id))[0].status === 'resolved');
+    const { id, entry } = await resolvedByDlqRetry('dlq-committed-then-died');
     const [resolved] = await dlqFor(id);
-    const at = (await query<{ at: string }>('select received_at::text as at from wahook.wa_events where id = $1', [id]))[0]!.at;
-    const job = await plantOrphanedJob(db.pool, 'process_wa_event', { id: Number(id), at, dlq_id: Number(entry.id) });
+    const job = await plantOrphanedJob(db.pool, 'process_wa_event', { ...(await eventJobPayload(id)), dlq_id: Number(entry.id) });
     expect(await query(`select * from wahook.sweep(now() + interval '1 minute')`))
       .toEqual([{ job_id: job, task: 'process_wa_event', outcome: 'finished', dlq_id: null }]);
     expect((await dlqFor(id))[0]).toMatchObject({ status: 'resolved', dlq_attempts: resolved.dlq_attempts, next_retry_at: null });
