@@ -21,6 +21,19 @@ as $$
   );
 $$;
 
+-- Queue a DLQ entry's task again, in its own queue (so its conversation's order holds), with its payload marked
+-- (p_mark: dlq_id for an automatic retry, replay_of for a replay). Returns the job id.
+create or replace function wahook.requeue_entry(p_entry wahook.webhook_dlq, p_mark jsonb, p_max_attempts integer)
+returns bigint
+language sql volatile
+as $$
+  select j.id
+    from graphile_worker.add_jobs(array[
+      row(p_entry.task, (p_entry.payload || p_mark)::json, p_entry.queue_name, null, p_max_attempts, null, 0, null)
+        ::graphile_worker.job_spec
+    ]) as j
+$$;
+
 -- Queue one attempt of a DLQ entry's task (payload marked with dlq_id: a failure returns to the entry), to run
 -- now. p_now only decides what is due (tests travel in time with it). Returns the job id, or null when the entry
 -- is not pending and due.
@@ -30,7 +43,6 @@ language plpgsql volatile
 as $$
 declare
   v_entry wahook.webhook_dlq;
-  v_job bigint;
 begin
   select * into v_entry from wahook.webhook_dlq
    where id = p_dlq_id and status = 'pending' and next_retry_at <= p_now
@@ -41,13 +53,7 @@ begin
   update wahook.webhook_dlq
      set status = 'retrying', dlq_attempts = dlq_attempts + 1, next_retry_at = null, updated_at = p_now
    where id = p_dlq_id;
-  select j.id into v_job
-    from graphile_worker.add_jobs(array[
-      row(v_entry.task,
-          (v_entry.payload || pg_catalog.jsonb_build_object('dlq_id', v_entry.id))::json,
-          v_entry.queue_name, null, 1, null, 0, null)::graphile_worker.job_spec
-    ]) as j;
-  return v_job;
+  return wahook.requeue_entry(v_entry, pg_catalog.jsonb_build_object('dlq_id', v_entry.id), 1);
 end;
 $$;
 
@@ -138,11 +144,8 @@ begin
       status := 'would replay';
     else
       perform pg_catalog.set_config('wahook.actor', p_actor, true);
-      select j.id into v_job
-        from graphile_worker.add_jobs(array[
-          row(v_entry.task, (v_entry.payload || pg_catalog.jsonb_build_object('replay_of', v_entry.id))::json,
-              v_entry.queue_name, null, wahook.max_attempts(v_entry.task), null, 0, null)::graphile_worker.job_spec
-        ]) as j;
+      v_job := wahook.requeue_entry(v_entry, pg_catalog.jsonb_build_object('replay_of', v_entry.id),
+                                    wahook.max_attempts(v_entry.task));
       update wahook.webhook_dlq as d
          set status = 'replayed', replayed_at = pg_catalog.now(), replayed_by = p_actor, next_retry_at = null,
              updated_at = pg_catalog.now()
