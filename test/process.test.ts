@@ -75,6 +75,24 @@ describe('operator commands', () => {
   });
 });
 
+describe('wahook worker on an unhandled error', () => {
+  it('logs it and exits 1, for its supervisor to start a clean process', async () => {
+    const p = spawnWahook(['worker'], childEnv({
+      DATABASE_URL: db.url,
+      WAHOOK_HANDLERS: path.resolve('test/fixtures/handlers/unhandled-bug.mjs'),
+    }));
+    try {
+      await p.waitFor(/worker started/);
+      const t = fixture('template-status-update');
+      await db.pool.query(`select * from wahook.ingest(array[$1::bytea], array[0]::smallint[], array['test'])`, [t.body]);
+      expect(await p.exited).toEqual({ code: 1, signal: null });
+      expect(p.output()).toMatch(/ERROR \[wahook\] unhandled error; exiting error=.*a bug nobody awaited/);
+    } finally {
+      if (p.child.exitCode === null) p.child.kill('SIGKILL');
+    }
+  });
+});
+
 describe('wahook receiver on SIGTERM', () => {
   it('stops accepting, finishes the request in flight (stored, 200), and exits 0', async () => {
     const port = await freePort();

@@ -3,10 +3,11 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import path from 'node:path';
 import type { RunningReceiver } from '../src/receiver/server.ts';
 import { loadHandlers } from '../src/worker/handlers.ts';
+import { startWorker } from '../src/worker/runner.ts';
 import type { WaEvent } from '../src/worker/types.ts';
 import { createTestDatabase, waitFor, type TestDatabase } from './helpers/db.ts';
 import { fixture } from './helpers/fixtures.ts';
-import { post, testReceiver } from './helpers/receiver.ts';
+import { post, quietLogger, testReceiver } from './helpers/receiver.ts';
 import { sendSigned, settled, startTestWorker, webhook, type TestWorker } from './helpers/worker.ts';
 
 let db: TestDatabase;
@@ -167,5 +168,21 @@ describe('handlers', () => {
     expect(typeof loaded.message).toBe('function');
     expect(loaded.status).toBeUndefined();
     await expect(loadHandlers(path.resolve('test/fixtures/text-message.json'))).rejects.toThrow(/WAHOOK_HANDLERS/);
+  });
+});
+
+describe('graphile-worker stopping by itself', () => {
+  it('is reported through onFatal (the CLI exits for its supervisor), and the worker still stops cleanly', async () => {
+    let fatal: Error | undefined;
+    const w = await startWorker({ databaseUrl: db.url, handlersPath: undefined, workerConcurrency: 1 }, quietLogger('worker'), {
+      handlers: {},
+      onFatal: (err) => {
+        fatal = err;
+      },
+    });
+    await w.runner.stop(); // not through w.stop(): as if graphile-worker had given up
+    await waitFor(async () => fatal !== undefined, 10_000, 'onFatal');
+    expect(fatal!.message).toBe('graphile-worker stopped unexpectedly');
+    await w.stop();
   });
 });

@@ -85,11 +85,14 @@ export async function startWorker(
     handlers: options.handlers ? 'given' : (config.handlersPath ?? 'built-in example'),
   });
   let stopping: Promise<void> | undefined;
+  let ended = false;
   runner.promise.then(
     () => {
+      ended = true;
       if (!stopping) options.onFatal?.(new Error('graphile-worker stopped unexpectedly'));
     },
     (err: unknown) => {
+      ended = true;
       log.error('graphile-worker stopped on a fatal error', { error: err as Error });
       if (!stopping) options.onFatal?.(err as Error);
     },
@@ -98,7 +101,7 @@ export async function startWorker(
     runner,
     stop: () =>
       (stopping ??= (async () => {
-        await runner.stop();
+        if (!ended) await runner.stop(); // a runner that stopped by itself refuses a second stop
         breakers?.shutdown();
         // graphile-worker 0.17 does not wait for its last "job complete" statements: let them finish first
         const deadline = Date.now() + 5000;
